@@ -24,7 +24,7 @@ def main(argv=None):
     from reclmis import pipeline as pl
     if a.cmd == 'docs':
         from reclmis.docs import build_site
-        print(build_site(out=a.out, extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'})); return 0
+        print(build_site(out=a.out, proc=False, extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'})); return 0
     p = load_params(a.params)
     if getattr(a, 'dataset', None) and a.dataset not in p.datasets:
         from reclmis.core import ParamsError

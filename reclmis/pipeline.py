@@ -209,7 +209,7 @@ def plot_overlays(split: Split, prob: torch.Tensor, dice: np.ndarray, n: int, pa
         if target[i].any(): ax.contour(target[i].numpy(), levels=[0.5], colors='lime', linewidths=1.2)
         note = split.notes[int(split.note_idx[i])]
         ax.set_title('\n'.join(textwrap.wrap(note, 34)[:4]) + f'\nDice {dice[i]:.2f}', fontsize=7)
-    fig.suptitle(f'{title}  (green: ground truth, red: prediction)', fontsize=9)
+    fig.suptitle(f'{title}  (green contour: ground truth, yellow fill: prediction)', fontsize=9)
     fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
 
 def plot_curves(history: list[dict], path, title: str = ''):
