@@ -1,0 +1,77 @@
+"Bad input gets one clear line naming the file/key and the fix, through the user-facing command, never a silent skip."
+import json, shutil, tarfile, warnings
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, yaml
+from PIL import Image
+from reclmis.core import DataError, ParamsError
+from reclmis import data
+from conftest import run
+
+def _cli(args, cwd, params=None):
+    return run(f"reclmis {'--params ' + str(params) + ' ' if params else ''}{args}", cwd, check=False)
+
+def _params(root, tmp_path, edit):
+    y = yaml.safe_load((root / 'params.yaml').read_text()); edit(y)
+    p = tmp_path / 'params.yaml'; p.write_text(yaml.safe_dump(y)); return p
+
+def test_unknown_params_key(root, tmp_path):
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['train'].update(epoch=3)))
+    assert r.returncode == 2 and "unknown params key 'train.epoch'" in r.stderr, r.stderr
+
+def test_wrong_params_type(root, tmp_path):
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['train'].update(epochs='ten')))
+    assert r.returncode == 2 and "'train.epochs' must be of type int" in r.stderr, r.stderr
+
+def test_unknown_model_name(root, tmp_path):
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['run'].update(models=['unet', 'segformer'])))
+    assert r.returncode == 2 and "unknown model 'segformer'" in r.stderr, r.stderr
+
+def test_unknown_dataset_name(root):
+    r = _cli('fetch kvasir', root)
+    assert r.returncode == 2 and "unknown dataset 'kvasir'" in r.stderr, r.stderr
+
+def test_missing_dataset_folder(tmp_path):
+    with pytest.raises(DataError, match=r'not found.*fetch.source'):
+        data.fetch('qata-cov19', tmp_path / 'no-mirror-here', tmp_path / 'out')
+
+def test_checksum_mismatch(shared_data, tmp_path):
+    "A mirror whose file differs from the pinned sha256 stops with the file's name."
+    m = tmp_path / 'monuseg'; m.mkdir()
+    shutil.copy(shared_data / 'monuseg' / 'MANIFEST.json', m)
+    (m / 'monuseg-512.tar').write_bytes(b'not the real archive')
+    with pytest.raises(DataError, match='monuseg-512.tar') as e: data.verify_mirror(m)
+    assert 'sha256' in str(e.value) or 'checksum' in str(e.value)
+
+def _png(path, a): path.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(a).save(path); return path
+
+def test_corrupt_image(tmp_path):
+    p = tmp_path / 'bad.png'; p.write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    with pytest.raises(DataError, match='bad.png'): data.load_image(p, 32)
+
+def test_truncated_image(tmp_path):
+    p = _png(tmp_path / 'full.png', np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    t = tmp_path / 'trunc.png'; t.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(DataError, match='trunc.png'): data.load_image(t, 32)
+
+def _lvit_folder(root, mask_size=32, notes=True):
+    for split, F in (('train', 'Train'), ('val', 'Val'), ('test', 'Test')):
+        _png(root / f'{F}_Folder/img/a.png', np.full((32, 32, 3), 100, np.uint8))
+        _png(root / f'{F}_Folder/labelcol/a.png', np.zeros((mask_size, mask_size), np.uint8))
+        rows = [{'Image': 'a.png', 'Description': 'Nuclei are dense.'}] if notes else [{'Image': 'other.png', 'Description': 'x'}]
+        pd.DataFrame(rows).to_excel(root / f'{F}_Folder/{F}_text.xlsx', index=False)
+
+def test_missing_note(tmp_path):
+    _lvit_folder(tmp_path, notes=False)
+    with pytest.raises(DataError, match='a.png'): data.index_lvit(tmp_path)
+
+def test_mask_image_size_mismatch(tmp_path):
+    _lvit_folder(tmp_path, mask_size=16)
+    df = data.index_lvit(tmp_path)
+    with pytest.raises(DataError, match='a.png'): data.decode(df, tmp_path, 32)
+
+def test_mask_values_other_than_0_255(tmp_path):
+    "Default: binarised (> 0) like the official code, with a warning naming the file; strict: an error."
+    p = _png(tmp_path / 'm.png', np.array([[0, 128], [255, 0]], np.uint8))
+    with pytest.warns(UserWarning, match='m.png'): m = data.load_mask(p, 2)
+    assert m.tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(DataError, match='m.png'): data.load_mask(p, 2, strict=True)

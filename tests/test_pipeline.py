@@ -1,0 +1,46 @@
+"End to end: a tiny `dvc repro` in a fresh clone, a no-op second run, and `dvc exp run -S` listed by `dvc exp show`."
+import json, shutil
+from pathlib import Path
+import yaml, pytest
+from conftest import run
+
+TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
+        'datasets': {'synth': {'img_size': 32}}, 'train': {'epochs': 2, 'batch_size': 16},
+        'model': {'unet': {'width': 4}}, 'evaluate': {'n_boot': 50, 'n_overlays': 4}}
+
+def _merge(a, b):
+    for k, v in b.items(): a[k] = _merge(a[k], v) if isinstance(v, dict) else v
+    return a
+
+@pytest.fixture(scope='module')
+def clone(tmp_path_factory, root):
+    d = tmp_path_factory.mktemp('clone') / 'reclmis'
+    run(f'git clone -q {root} {d}', root)
+    for f in ('dvc.yaml', 'params.yaml'): shutil.copy(root / f, d / f)          # the working-tree versions
+    for sub in ('nbs', 'reclmis'): shutil.rmtree(d / sub); shutil.copytree(root / sub, d / sub)
+    shutil.rmtree(d / 'results', ignore_errors=True); (d / 'dvc.lock').unlink(missing_ok=True)
+    y = yaml.safe_load((d / 'params.yaml').read_text())
+    (d / 'params.yaml').write_text(yaml.safe_dump(_merge(y, TINY), sort_keys=False))
+    run('git config user.email t@t && git config user.name t && git add -A && git commit -qm tiny', d)
+    return d
+
+def test_repro_writes_everything_then_noop(clone):
+    run('dvc repro', clone, env={'RECLMIS_ROOT': str(clone)})
+    r = clone / 'results' / 'synth' / 'unet'
+    m = json.loads((r / 'metrics.json').read_text())
+    assert set(m) >= {'dice_a', 'iou_a', 'dice_b', 'iou_b', 'miou_class'}
+    for f in ('per_image.csv', 'overlays.png', 'curves.png', 'train.json'): assert (r / f).exists(), f
+    assert (clone / '_docs' / 'index.html').exists() and (clone / '_docs' / 'results.html').exists()
+    assert 'Dice A' in (clone / '_docs' / 'results.html').read_text()
+    out = run('dvc repro', clone, env={'RECLMIS_ROOT': str(clone)}).stdout
+    assert 'Running stage' not in out, out
+    shown = run('dvc metrics show --json', clone).stdout
+    assert 'dice_a' in shown
+
+def test_exp_run_with_set_param(clone):
+    run('git add -A && git commit -qm results', clone)
+    run('dvc exp run -S train.epochs=1 -n one-epoch', clone, env={'RECLMIS_ROOT': str(clone)})
+    shown = run('dvc exp show --json', clone).stdout
+    assert 'one-epoch' in shown
+    t = json.loads((clone / 'results/synth/unet/train.json').read_text())
+    assert t['epochs_run'] == 1
