@@ -26,7 +26,7 @@ class DataError(ValueError):
 
 # %% ../nbs/00_core.ipynb #abd37c0e
 def project_root(start: str | Path | None = None) -> Path:
-    "The project root: the nearest parent of `start` (default: cwd) holding `settings.ini` and `dvc.yaml`, or `$RECLMIS_ROOT`."
+    "The project root: the nearest parent of `start` (default: cwd) holding `settings.ini` and `params.yaml`, or `$RECLMIS_ROOT`."
     if os.environ.get('RECLMIS_ROOT'): return Path(os.environ['RECLMIS_ROOT']).resolve()
     p = Path(start or Path.cwd()).resolve()
     for q in [p, *p.parents]:
