@@ -102,7 +102,7 @@ class TrainParams:
     dice_weight: float = 0.5
     bce_weight: float = 0.5
     bce: str = 'plain'          # plain (RecLMIS) | balanced (LViT's class-balanced BCE)
-    augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note) | official (blur, photometric, rot90/flip, rotate)
+    augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note); the official blur/photometric/rot90/rotate set is not implemented yet
     num_workers: int = 0
     max_minutes: float = 0.0    # stop training after this wall time (0 = no limit); the last finished epoch counts
 
@@ -184,7 +184,7 @@ def check_params(p: Params) -> Params:
             raise ParamsError(f"params key 'datasets.{n}.overrides' may only hold train/model/evaluate, got {list(ds.overrides)}")
     enums = {'run.device': (p.run.device, ('auto', 'cpu', 'cuda')), 'run.amp': (p.run.amp, ('bf16', 'fp16', 'none')),
              'train.schedule': (p.train.schedule, ('sgdr', 'exp', 'constant')), 'train.bce': (p.train.bce, ('plain', 'balanced')),
-             'train.augment': (p.train.augment, ('none', 'hflip', 'official')),
+             'train.augment': (p.train.augment, ('none', 'hflip')),
              'model.unet.up_mode': (p.model.unet.up_mode, ('convtranspose', 'nearest'))}
     for k, (v, ok) in enums.items():
         if v not in ok: raise ParamsError(f"params key '{k}' is '{v}'; must be one of {', '.join(ok)}")
