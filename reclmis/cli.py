@@ -31,10 +31,7 @@ def _main(argv=None):
     if a.cmd == 'docs':
         from reclmis.docs import build_site
         print(build_site(out=a.out, proc=False, extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'})); return 0
-    p = load_params(a.params)
-    if getattr(a, 'dataset', None) and a.dataset not in p.datasets:
-        from reclmis.core import ParamsError
-        raise ParamsError(f"unknown dataset '{a.dataset}'; defined under 'datasets' in params.yaml: {', '.join(p.datasets)}")
+    p = load_params(a.params)   # unknown dataset names are refused by the stage functions (core.resolve)
     if a.cmd == 'fetch': df = pl.fetch_stage(a.dataset, p); print(df.groupby('split').size().to_string())
     elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p), indent=1))
     elif a.cmd == 'train': r = pl.train_stage(a.dataset, a.model, p); print({k: v for k, v in r.items() if k != 'history'})

@@ -15,7 +15,8 @@ import yaml
 # %% auto #0
 __all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'RunParams', 'FetchParams', 'SynthParams',
            'DatasetParams', 'UNetParams', 'ModelParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'Params',
-           'from_dict', 'check_params', 'load_params', 'resolve', 'fingerprint', 'seed_everything', 'get_device']
+           'from_dict', 'check_params', 'load_params', 'dataset_params', 'resolve', 'fingerprint', 'seed_everything',
+           'get_device']
 
 # %% ../nbs/00_core.ipynb #b638d659
 class ParamsError(ValueError):
@@ -203,10 +204,15 @@ def _merge(a: dict, b: dict) -> dict:
     for k, v in b.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-def resolve(p: Params, dataset: str, model: str | None = None) -> Params:
-    "The effective params for `dataset` (and `model`): the dataset's `overrides` merged over the global sections."
+def dataset_params(p: Params, dataset: str) -> DatasetParams:
+    "The `datasets.<dataset>` section; an unknown name is a ParamsError listing the defined ones."
     if dataset not in p.datasets:
         raise ParamsError(f"unknown dataset '{dataset}'; defined under 'datasets' in params.yaml: {', '.join(p.datasets)}")
+    return p.datasets[dataset]
+
+def resolve(p: Params, dataset: str, model: str | None = None) -> Params:
+    "The effective params for `dataset` (and `model`): the dataset's `overrides` merged over the global sections."
+    dataset_params(p, dataset)
     if model is not None and model not in MODELS: raise ParamsError(f"unknown model '{model}'; known models: {', '.join(MODELS)}")
     d = _merge(asdict(p), p.datasets[dataset].overrides)
     return check_params(from_dict(Params, d))

@@ -552,8 +552,6 @@ def decode(df: pd.DataFrame, root: str | Path, size: int, channels: int = 3, str
 def subset(df: pd.DataFrame, split: str, limit: int = 0, seed: int = 0) -> pd.DataFrame:
     "The rows of `split`; with `limit` > 0 a seeded random subset of at most `limit` rows (kept in index order)."
     if split not in SPLITS: raise DataError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-    d = df[df['split'] == split].reset_index(drop=True)
-    if limit and limit < len(d):
-        keep = np.sort(np.random.default_rng(seed).choice(len(d), size=limit, replace=False))
-        d = d.iloc[keep].reset_index(drop=True)
-    return d
+    d = df[df['split'] == split]
+    if limit and limit < len(d): d = d.sample(n=limit, random_state=seed).sort_values('image')
+    return d.reset_index(drop=True)

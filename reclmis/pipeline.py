@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from .core import (Params, ParamsError, DataError, load_params, resolve, project_root, seed_everything,
+from .core import (Params, ParamsError, DataError, load_params, resolve, dataset_params, project_root, seed_everything,
                           get_device, fingerprint, MODELS)
 from .dataset import make_split, save_split, load_split, batches, get_batch, Split
+from .data import sha256_file, subset
 
 # %% auto #0
 __all__ = ['SPLITS', 'paths', 'fetch_stage', 'prepare_stage', 'build_model', 'train_stage', 'load_best', 'predict_split',
@@ -32,13 +33,9 @@ def paths(root, dataset: str, model: str | None = None) -> dict:
 SPLITS = ('train', 'val', 'test')
 _SYNTH_SEED_OFFSET = {'train': 0, 'val': 1, 'test': 2}
 
-def _sha(path):
-    from reclmis.data import sha256_file
-    return sha256_file(path)
-
 def fetch_stage(dataset: str, p: Params, root=None) -> pd.DataFrame:
     "Materialise `dataset`'s raw files under build/<ds>/raw and write its index (image, mask, split, note, sha256, mask_pixels)."
-    root = Path(root or project_root()); pa = paths(root, dataset); ds = p.datasets[dataset]
+    root = Path(root or project_root()); pa = paths(root, dataset); ds = dataset_params(p, dataset)
     if ds.kind == 'synth':
         from reclmis.synth import make_synth, write_synth
         sp, rows = p.synth, []
@@ -51,7 +48,7 @@ def fetch_stage(dataset: str, p: Params, root=None) -> pd.DataFrame:
             for i in range(n):
                 name = f'{i:05d}.png'
                 rows.append(dict(image=f'{split}/images/{name}', mask=f'{split}/masks/{name}', split=split, note=s.notes[i],
-                                 sha256=_sha(pa['raw'] / split / 'images' / name), mask_pixels=int(s.masks[i].sum())))
+                                 sha256=sha256_file(pa['raw'] / split / 'images' / name), mask_pixels=int(s.masks[i].sum())))
         df = pd.DataFrame(rows)
     else:
         from reclmis.data import fetch, index_qata, index_lvit
@@ -66,14 +63,12 @@ def _bits(zs) -> int: return sum(1 << int(z) for z in zs)
 
 def prepare_stage(dataset: str, p: Params, root=None) -> dict:
     "Decode build/<ds>/raw into build/<ds>/prepared/{train,val,test}.npz; write results/<ds>/data.json (counts, stats)."
-    root = Path(root or project_root()); pa = paths(root, dataset); ds = p.datasets[dataset]
+    root = Path(root or project_root()); pa = paths(root, dataset); ds = dataset_params(p, dataset)
     if not pa['index'].exists(): raise DataError(f"index {pa['index']} not found; run `dvc repro fetch@{dataset}` first")
     df = pd.read_csv(pa['index'], keep_default_na=False)
     stats = {'dataset': dataset, 'kind': ds.kind, 'img_size': ds.img_size, 'eval_size': ds.eval_size or ds.img_size, 'splits': {}}
     for split in SPLITS:
-        part = df[df.split == split]
-        limit = getattr(ds, f'limit_{split}')
-        if limit and limit < len(part): part = part.sample(n=limit, random_state=p.run.seed).sort_values('image')
+        part = subset(df, split, getattr(ds, f'limit_{split}'), p.run.seed)
         if ds.kind == 'synth':
             from reclmis.synth import read_synth, synth_stats
             s = read_synth(pa['raw'] / split)

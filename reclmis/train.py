@@ -61,9 +61,9 @@ def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator):
                   'state': state, 'rng': {'torch': torch.get_rng_state(), 'gen': gen.get_state(),
                                           'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}, Path(path))
 
-def load_checkpoint(path, model, opt=None, sched=None, gen=None, map_location='cpu') -> dict:
-    "Restore a checkpoint written by `save_checkpoint` (strict key matching); returns its `state` dict."
-    ck = torch.load(path, map_location=map_location, weights_only=False)
+def load_checkpoint(ck, model, opt=None, sched=None, gen=None, map_location='cpu') -> dict:
+    "Restore a checkpoint written by `save_checkpoint` (a path, or the dict already loaded; strict key matching); returns its `state`."
+    if not isinstance(ck, dict): ck = torch.load(ck, map_location=map_location, weights_only=False)
     model.load_state_dict(ck['model'])
     if opt is not None: opt.load_state_dict(ck['opt'])
     if sched is not None: sched.load_state_dict(ck['sched'])
@@ -122,9 +122,10 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     last, best = out_dir / 'last.pt', out_dir / 'best.pt'
     resumed = False
     if last.exists():
-        ck_state = torch.load(last, map_location='cpu', weights_only=False)['state']
+        ck = torch.load(last, map_location='cpu', weights_only=False)  # RNG states must stay on the CPU
+        ck_state = ck['state']
         if ck_state.get('fingerprint') == fp:
-            state = load_checkpoint(last, model, opt, sched, gen, map_location=device); resumed = True
+            state = load_checkpoint(ck, model, opt, sched, gen); resumed = True
             print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice {state['best_dice']:.4f} at epoch {state['best_epoch'] + 1})")
         else:
             print(f"{last} was made with other params (fingerprint {ck_state.get('fingerprint')} != {fp}); starting afresh")
