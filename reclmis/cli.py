@@ -15,18 +15,27 @@ def main(argv=None):
     "Entry point of the `reclmis` console script: user errors print one line naming the problem and exit 2."
     from reclmis.core import ParamsError, DataError
     try: return _main(argv)
-    except (ParamsError, DataError, FileNotFoundError) as e:
+    except (ParamsError, DataError, FileNotFoundError, RuntimeError) as e:   # RuntimeError: a checkpoint that does not fit
         print(f"reclmis: error: {e}", file=sys.stderr); return 2
 
 def _main(argv=None):
     ap = argparse.ArgumentParser(prog='reclmis', description='reclmis pipeline steps (dvc repro runs them all)')
     ap.add_argument('--params', default=None, help='params file (default: the project params.yaml)')
     sub = ap.add_subparsers(dest='cmd', required=True)
-    for c in ('fetch', 'prepare'): sub.add_parser(c).add_argument('dataset')
+    for c in ('fetch', 'prepare', 'encode'): sub.add_parser(c).add_argument('dataset')
     for c in ('train', 'evaluate'):
         s = sub.add_parser(c); s.add_argument('dataset'); s.add_argument('model')
     s = sub.add_parser('docs'); s.add_argument('--out', default='_docs')
+    s = sub.add_parser('predict', help='segment an image from a note with a trained checkpoint; writes mask + overlay PNGs')
+    s.add_argument('image'); s.add_argument('--note', default=None, help='the clinical note (text models need one)')
+    s.add_argument('--model', default='reclmis'); s.add_argument('--dataset', default='synth')
+    s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/ckpt/best.pt')
+    s.add_argument('--out', default='predictions'); s.add_argument('--device', default='cpu')
     a = ap.parse_args(argv)
+    if a.cmd == 'predict':
+        from reclmis.predict import predict
+        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device)
+        print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}"); return 0
     from reclmis import pipeline as pl
     if a.cmd == 'docs':
         from reclmis.docs import build_site
@@ -34,6 +43,7 @@ def _main(argv=None):
     p = load_params(a.params)   # unknown dataset names are refused by the stage functions (core.resolve)
     if a.cmd == 'fetch': df = pl.fetch_stage(a.dataset, p); print(df.groupby('split').size().to_string())
     elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p), indent=1))
+    elif a.cmd == 'encode': print(json.dumps(pl.encode_stage(a.dataset, p), indent=1))
     elif a.cmd == 'train': r = pl.train_stage(a.dataset, a.model, p); print({k: v for k, v in r.items() if k != 'history'})
     elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p), indent=1))
     return 0

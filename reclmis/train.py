@@ -41,7 +41,7 @@ def seg_loss(logits, target, cfg: TrainParams) -> tuple[torch.Tensor, dict]:
 # %% ../nbs/06_train.ipynb #ddc9fd6a
 def make_optimizer(params, cfg: TrainParams):
     "Adam (official; no weight decay unless train.weight_decay > 0)."
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)   # one multi-tensor step (CPU too)
 
 def make_scheduler(opt, cfg: TrainParams):
     "Per-epoch LR schedule: sgdr (official 'cosineLR'), exp (official MosMed+), constant."
@@ -79,7 +79,11 @@ def hard_dice_val(prob, target, threshold: float = 0.5, eps: float = 1e-5):
     return (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)
 
 def default_forward(model, batch):
-    return model(batch['image'])
+    """Every model takes (image, text, text_mask); text-free models ignore the last two (absent when the split carries no
+    text). Models that learn from the target region (`needs_target`, e.g. TMCA) also get the mask in training."""
+    if getattr(model, 'needs_target', False) and model.training:
+        return model(batch['image'], batch.get('text'), batch.get('text_mask'), target=batch['mask'])
+    return model(batch['image'], batch.get('text'), batch.get('text_mask'))
 
 def default_loss(cfg: TrainParams):
     def f(out, batch):
@@ -109,9 +113,10 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
 
 def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=torch.device('cpu'), amp: str = 'bf16',
         seed: int = 3407, forward: Callable = default_forward, loss_fn: Callable | None = None,
-        live_dir=None, run_fingerprint: str = '', progress: bool = True) -> dict:
+        live_dir=None, run_fingerprint: str = '', progress: bool = True, meta: dict | None = None) -> dict:
     """Train `model` on `train`, select on `val`, checkpoint to `out_dir/{last,best}.pt`, resume from `last.pt`
-    when its params fingerprint matches. Returns the final state (best_dice, best_epoch, epochs_run, history)."""
+    when its params fingerprint matches. `meta` (e.g. how to rebuild the model) is stored in `best.pt` as `spec`.
+    Returns the final state (best_dice, best_epoch, epochs_run, history)."""
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = loss_fn or default_loss(cfg)
     model.to(device); train, val = train.to(device), val.to(device)
@@ -136,7 +141,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     t0 = time.time()
     for epoch in range(state['epoch'] + 1, cfg.epochs):
         if state['done']: break
-        model.train(); sums, n = {}, 0
+        model.train(); sums, n, te = {}, 0, time.time()
         bar = tqdm(list(batches(len(train), cfg.batch_size, shuffle=True, generator=gen)), desc=f'epoch {epoch + 1}/{cfg.epochs}',
                    disable=not progress, leave=False)
         for idx in bar:
@@ -152,11 +157,12 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         lr = opt.param_groups[0]['lr']
         vd = evaluate_val(model, val, forward, cfg.batch_size * 2, device, amp)
         sched.step()
-        rec = {'epoch': epoch + 1, 'lr': lr, 'val_dice': vd, **{f'train_{k}': v / n for k, v in sums.items()}}
+        rec = {'epoch': epoch + 1, 'lr': lr, 'val_dice': vd, **{f'train_{k}': v / n for k, v in sums.items()},
+               'epoch_s': round(time.time() - te, 2)}
         state['history'].append(rec); state['epoch'] = epoch
         if vd > state['best_dice']:
             state['best_dice'], state['best_epoch'] = vd, epoch
-            _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp}, best)
+            _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp, 'spec': meta or {}}, best)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
         timeout = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
         state['done'] = stop or timeout or epoch + 1 == cfg.epochs

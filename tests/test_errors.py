@@ -75,3 +75,24 @@ def test_mask_values_other_than_0_255(tmp_path):
     with pytest.warns(UserWarning, match='m.png'): m = data.load_mask(p, 2)
     assert m.tolist() == [[0, 1], [1, 0]]
     with pytest.raises(DataError, match='m.png'): data.load_mask(p, 2, strict=True)
+
+
+def test_empty_note_in_index(tmp_path):
+    "An image whose note is empty is refused at index time, naming the file (never silently dropped)."
+    _lvit_folder(tmp_path)
+    pd.DataFrame([{'Image': 'a.png', 'Description': '   '}]).to_excel(tmp_path / 'Test_Folder/Test_text.xlsx', index=False)
+    with pytest.raises(DataError, match='a.png'): data.index_lvit(tmp_path)
+
+def test_unknown_text_encoder(root, tmp_path):
+    r = _cli('encode synth', root, _params(root, tmp_path, lambda y: y['text'].update(encoder='bert-large')))
+    assert r.returncode == 2 and "unknown text encoder 'bert-large'" in r.stderr, r.stderr
+
+def test_bad_reclmis_param(root, tmp_path):
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['model']['reclmis'].update(mask_mode='gauss')))
+    assert r.returncode == 2 and "'model.reclmis.mask_mode'" in r.stderr, r.stderr
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['model']['reclmis'].update(ci=False)))
+    assert r.returncode == 2 and 'ccl, cvr and clr false' in r.stderr, r.stderr
+
+def test_missing_text_features(tmp_path):
+    from reclmis.text import TextBank
+    with pytest.raises(DataError, match='encode stage'): TextBank.load(tmp_path / 'bank.pt')
