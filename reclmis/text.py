@@ -238,7 +238,8 @@ class TextBank:
         all notes); the statistics are kept in `meta['standardize']` so new notes get the same transform (`apply_standardize`)."""
         r = self.rows(ref_notes) if ref_notes is not None else torch.arange(len(self))
         tok = self.feats[r][self.mask[r]]
-        mean, std = tok.mean(0), tok.std(0).clamp_min(1e-6)
+        mean, std = tok.mean(0), tok.std(0)
+        std = torch.where(std < 1e-6, torch.ones_like(std), std)      # a constant channel is only centred
         meta = {**self.meta, 'standardize': {'mean': mean.tolist(), 'std': std.tolist()}}
         return TextBank(self.notes, apply_standardize(self.feats, meta), self.mask, self.ids, meta)
 
