@@ -11,7 +11,8 @@ from torch import nn
 from .compute import count_macs, count_flops_torch, latency
 
 # %% auto #0
-__all__ = ['BENCH_MODELS', 'paper_model', 'machine', 'bench_one', 'train_throughput', 'run_bench', 'bench_table', 'main']
+__all__ = ['BENCH_MODELS', 'paper_model', 'machine', 'bench_one', 'train_throughput', 'run_bench', 'speedup_table', 'bench_table',
+           'train_speedups', 'main']
 
 # %% ../nbs/21_bench.ipynb #fff046e2
 BENCH_MODELS = ('unet', 'reclmis', 'lvit', 'tmca')
@@ -112,10 +113,12 @@ def train_throughput(model, text_dim, size, dev, batch: int = 8, steps: int = 5,
     return round(batch / (r['median_ms'] / 1000), 2)
 
 # %% ../nbs/21_bench.ipynb #7312e04b
-def run_bench(device: str = 'auto', models=BENCH_MODELS, out_dir='results', quick: bool = False, **kw) -> Path:
+def run_bench(device: str = 'auto', models=BENCH_MODELS, out_dir='results', quick: bool = False, speedups: bool = True,
+              speedup_kw: dict | None = None, **kw) -> Path:
     "Benchmark `models` on `device` (auto: cuda if available), each in a subprocess; write results/bench-<device>.json."
     if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if quick: kw = {'size': 64, 'width': 8, 'runs': 3, 'batch': 4, 'batch_runs': 1, 'train_batch': 2, 'train_steps': 1, **kw}
+    elif device == 'cpu': kw = {'batch_runs': 1, 'train_batch': 2, 'train_steps': 3, **kw}   # 224 px, width 64 on a CPU: slow steps
     rows = []
     for m in models:
         t0 = time.time()
@@ -124,11 +127,30 @@ def run_bench(device: str = 'auto', models=BENCH_MODELS, out_dir='results', quic
         if r.returncode: raise RuntimeError(f"benchmark of {m} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         row = json.loads(r.stdout.strip().splitlines()[-1]); row['wall_s'] = round(time.time() - t0, 1)
         rows.append(row); print(f"{m}: {row['latency_b1']['median_ms']:.1f} ms/image (batch 1), {row['wall_s']} s", flush=True)
+    sp = None
+    if speedups:
+        skw = speedup_kw or ({'size': 64, 'width': 8, 'batch': 2, 'steps': 1, 'warmup': 1, 'compile_model': False} if quick else
+                             {'batch': 32, 'steps': 10, 'warmup': 3} if device == 'cuda' else {'batch': 2, 'steps': 3, 'warmup': 1})
+        cmd = [sys.executable, '-m', 'reclmis.bench', '--one', 'train-speedups', '--device', device, '--kw', json.dumps(skw)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode: raise RuntimeError(f"training speed-up benchmark failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        sp = json.loads(r.stdout.strip().splitlines()[-1])
     tag = 'cpu' if device == 'cpu' else torch.cuda.get_device_name(0).lower().replace(' ', '-') if torch.cuda.is_available() else device
     out = Path(out_dir) / f"bench-{tag}{'-quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows}, indent=1))
+    out.write_text(json.dumps({'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows,
+                               'train_speedups': sp}, indent=1))
     return out
+
+def speedup_table(path) -> str:
+    "The training speed-ups of one bench JSON as a markdown table (empty when it has none)."
+    sp = json.loads(Path(path).read_text()).get('train_speedups')
+    if not sp: return ''
+    lines = [f"RecLMIS training steps at {sp['size']} px, width {sp['width']}, batch {sp['batch']}, {sp['device']}, {sp['steps']} timed steps "
+             'after warm-up; each row adds one optimisation to the one above.', '',
+             '| loop | images/s | speed-up over the plain fp32 loop |', '|---|---|---|']
+    lines += [f"| {r['stage']} | {r['images_per_s']} | {r['speedup_vs_plain']:.2f}x |" for r in sp['stages']]
+    return '\n'.join(lines)
 
 def bench_table(path) -> str:
     "A markdown table of one bench JSON."
@@ -146,11 +168,72 @@ def bench_table(path) -> str:
                      f"{r['peak_memory_mb']:.0f} MB | {r['train_images_per_s']} |")
     return '\n'.join(lines)
 
+def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224, width: int = 64, batch: int = 32,
+                   steps: int = 10, warmup: int = 3, compile_model: bool = True) -> dict:
+    """Images/s of RecLMIS training steps under each optimisation of the GPU path, added one at a time, in one process:
+    plain fp32 loop (batches drawn on the host, the loss read every step), + batches and flips drawn on the device,
+    + losses read once per epoch (no host round trip per step), + bf16 autocast, + channels-last, + torch.compile."""
+    from reclmis.dataset import make_split, get_batch, batches, attach_text
+    from reclmis.train import seg_loss, default_forward, autocast_ctx
+    from reclmis.core import TrainParams
+    import numpy as np
+    if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    dev = torch.device(device)
+    n = batch * (steps + warmup)
+    rng = np.random.default_rng(0)
+    sp = make_split(rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8), (rng.random((n, size, size)) > 0.9).astype(np.uint8),
+                    [f'note {i % 7} left' for i in range(n)])
+    feats = torch.randn(len(sp.notes), 18, 512)
+    class _Bank:   # token features for the split's notes
+        def lookup(self, notes): return feats[[sp.notes.index(x) for x in notes]], torch.ones(len(notes), 18, dtype=torch.bool)
+    sp = attach_text(sp, _Bank()).to(dev)
+    cfg = TrainParams()
+    stages = [('plain fp32', dict()), ('+ device-side batches', dict(device_rng=True)),
+              ('+ one host read per epoch', dict(device_rng=True, no_sync=True)),
+              ('+ bf16 autocast', dict(device_rng=True, no_sync=True, bf16=True)),
+              ('+ channels-last', dict(device_rng=True, no_sync=True, bf16=True, cl=True))]
+    if compile_model: stages.append(('+ torch.compile', dict(device_rng=True, no_sync=True, bf16=True, cl=True, compile=True)))
+    out = {'device': device, 'model': model, 'size': size, 'width': width, 'batch': batch, 'steps': steps, 'stages': []}
+    for name, o in stages:
+        torch.manual_seed(0)
+        net, _ = paper_model(model, size, width, aux=True)
+        net = net.to(dev).train()
+        if o.get('cl'): net = net.to(memory_format=torch.channels_last)
+        run = torch.compile(net) if o.get('compile') else net
+        opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4, foreach=True)
+        gen = torch.Generator(device=dev if o.get('device_rng') and dev.type == 'cuda' else 'cpu').manual_seed(0)
+        def one_epoch(k):
+            tot = 0.0
+            for i, idx in enumerate(batches(len(sp), batch, shuffle=True, generator=gen)):
+                if i >= k: break
+                b = get_batch(sp, idx, 'hflip', gen)
+                if o.get('cl'): b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
+                with autocast_ctx(dev, 'bf16' if o.get('bf16') else 'none'):
+                    out_ = default_forward(run, b)
+                    loss, _ = seg_loss(out_['logits'], b['mask'], cfg)
+                    loss = loss + sum(out_['weights'][kk] * v for kk, v in out_['losses'].items())
+                if not o.get('no_sync'): float(loss)              # the official loop reads the loss every step
+                opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+                tot = tot + loss.detach()
+            return float(tot)
+        one_epoch(warmup)
+        if dev.type == 'cuda': torch.cuda.synchronize()
+        t0 = time.perf_counter(); one_epoch(steps)
+        if dev.type == 'cuda': torch.cuda.synchronize()
+        ips = batch * steps / (time.perf_counter() - t0)
+        out['stages'].append({'stage': name, 'images_per_s': round(ips, 2)})
+        print(f'{name:28s} {ips:8.1f} images/s', flush=True)
+    base = out['stages'][0]['images_per_s']
+    for r in out['stages']: r['speedup_vs_plain'] = round(r['images_per_s'] / base, 2)
+    return out
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(prog='python -m reclmis.bench')
     ap.add_argument('--one', default=None); ap.add_argument('--device', default='auto'); ap.add_argument('--kw', default='{}')
     a = ap.parse_args(argv)
+    if a.one == 'train-speedups':
+        print(json.dumps(train_speedups(a.device, **json.loads(a.kw)))); return 0
     if a.one:
         if a.device == 'cpu' or not torch.cuda.is_available(): torch.set_num_threads(os.cpu_count() or 1)
         print(json.dumps(bench_one(a.one, a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'), **json.loads(a.kw))))

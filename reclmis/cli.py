@@ -31,7 +31,16 @@ def _main(argv=None):
     s.add_argument('--model', default='reclmis'); s.add_argument('--dataset', default='synth')
     s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/ckpt/best.pt')
     s.add_argument('--out', default='predictions'); s.add_argument('--device', default='cpu')
+    s = sub.add_parser('bench', help='efficiency benchmark of every model at the paper size; writes results/bench-<device>.json')
+    s.add_argument('--device', default='auto'); s.add_argument('--models', nargs='*', default=None)
+    s.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of the command')
+    s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
+    s.add_argument('--out', default='results')
     a = ap.parse_args(argv)
+    if a.cmd == 'bench':
+        from reclmis.bench import run_bench, bench_table, speedup_table, BENCH_MODELS
+        out = run_bench(a.device, tuple(a.models or BENCH_MODELS), a.out, a.quick, speedups=not a.no_speedups)
+        print(bench_table(out)); print(speedup_table(out)); print(out); return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
         r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device)

@@ -92,6 +92,7 @@ class ReclmisParams:
     ci_dropout: float = 0.1     # official 0.1
     ci_mask_padding: bool = False   # official false: MHA_v attends to padded token slots
     ci_init_gain: float = 1.0   # official 1: multiplies the initial Q/K projections of the CI attentions
+    ci_pos_init: str = 'zeros'  # official 'zeros' (zero-init position embedding) | sincos (2-D sine-cosine start)
     plam_unused_sigmoid: bool = True  # official true: PLAM's never-called conv_sig exists (349,120 params at width 64)
     interest_dropout: float = 0.0     # dropout before the POI/WOI MLPs; official QaTa 0, MosMed+/MoNuSeg 0.5
     ci: bool = True             # Table 2: the Conditioned Interaction module (false = text-free U-Net+PLAM; needs ccl/cvr/clr false)
@@ -184,6 +185,9 @@ class TrainParams:
     augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note); the official blur/photometric/rot90/rotate set is not implemented yet
     num_workers: int = 0
     max_minutes: float = 0.0    # stop training after this wall time (0 = no limit); the last finished epoch counts
+    sync_every: int = 0         # steps between host reads of the loss (non-finite check); 0 = auto: every step on CPU, once per epoch on CUDA
+    channels_last: bool = False # channels-last memory format (faster convolutions on GPUs with bf16)
+    compile: bool = False       # torch.compile the model for training
 
 @dataclass
 class EvaluateParams:

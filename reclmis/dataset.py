@@ -84,8 +84,9 @@ def load_split(path) -> Split:
 
 # %% ../nbs/04_dataset.ipynb #a387fa99
 def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, drop_last: bool = False):
-    "Index tensors of size `batch_size` covering range(n)."
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    "Index tensors of size `batch_size` covering range(n), on the generator's device (a CUDA generator keeps the order on the GPU)."
+    dev = generator.device if generator is not None else 'cpu'
+    order = torch.randperm(n, generator=generator, device=dev) if shuffle else torch.arange(n, device=dev)
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         if drop_last and len(idx) < batch_size: break
@@ -99,7 +100,7 @@ def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: tor
     idx = idx.to(dev)
     img, msk, nid = s.images[idx].float() / 255, s.masks[idx].float()[:, None], s.note_idx[idx]
     if augment == 'hflip':
-        flip = (torch.rand(len(idx), generator=generator) < 0.5).to(dev)
+        flip = (torch.rand(len(idx), generator=generator, device=generator.device if generator is not None else 'cpu') < 0.5).to(dev)
         img = torch.where(flip[:, None, None, None], img.flip(-1), img)
         msk = torch.where(flip[:, None, None, None], msk.flip(-1), msk)
         nid = torch.where(flip, s.mirror_idx[nid], nid)

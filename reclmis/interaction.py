@@ -9,19 +9,32 @@ from torch import nn
 from .unet import n_params
 
 # %% auto #0
-__all__ = ['ConditionedInteraction', 'InterestHead']
+__all__ = ['sincos_2d', 'ConditionedInteraction', 'InterestHead']
 
 # %% ../nbs/13_interaction.ipynb #02caff6f
+def sincos_2d(n_patches: int, dim: int, temperature: float = 10000.) -> torch.Tensor:
+    "2-D sine-cosine position table [n_patches, dim] for a square grid (MAE's): a quarter of the channels each for sin/cos of y/x."
+    side = int(round(n_patches ** 0.5))
+    if side * side != n_patches: raise ValueError(f"{n_patches} patches are not a square grid")
+    q = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(q, dtype=torch.float) / max(q, 1))
+    y, x = torch.meshgrid(torch.arange(side, dtype=torch.float), torch.arange(side, dtype=torch.float), indexing='ij')
+    oy, ox = y.flatten()[:, None] * omega[None], x.flatten()[:, None] * omega[None]
+    pe = torch.cat([oy.sin(), oy.cos(), ox.sin(), ox.cos()], 1)
+    return torch.cat([pe, torch.zeros(n_patches, dim - 4 * q)], 1)
+
 class ConditionedInteraction(nn.Module):
     """RecLMIS's CI module. f [B,D,h,w] (the U-Net bottleneck), text T [B,L,D] (projected token features),
     text_mask bool [B,L] -> (T'' [B,L,D], V' [B,h*w,D])."""
     def __init__(self, dim: int = 512, n_patches: int = 196, heads: int = 4,  # official: 512, 14x14, num_heads//2 = 4
                  dropout: float = 0.1,          # official: 0.1 on V0 and on both attention maps
                  mask_padding: bool = False,    # official False: MHA_v attends to padded token slots too
-                 init_gain: float = 1.0):       # official 1 (xavier): scales the initial Q and K projections of both attentions
+                 init_gain: float = 1.0,        # official 1 (xavier): scales the initial Q and K projections of both attentions
+                 pos_init: str = 'zeros'):      # official 'zeros'; 'sincos' = 2-D sine-cosine table (patches know where they are)
         super().__init__()
         self.proj = nn.Conv2d(dim, dim, 1)
-        self.pos = nn.Parameter(torch.zeros(1, n_patches, dim))
+        if pos_init not in ('zeros', 'sincos'): raise ValueError(f"pos_init must be 'zeros' or 'sincos', got {pos_init!r}")
+        self.pos = nn.Parameter(torch.zeros(1, n_patches, dim) if pos_init == 'zeros' else sincos_2d(n_patches, dim)[None])
         self.drop = nn.Dropout(dropout)
         self.mha_t = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.mha_v = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)

@@ -27,6 +27,7 @@ class RecLMIS(nn.Module):
                  heads: int = 4, ci_dropout: float = 0.1,              # official CI: 4 heads, dropout 0.1
                  ci_mask_padding: bool = False,                        # official False: MHA_v sees padded tokens
                  ci_init_gain: float = 1.0,                            # official 1: initial scale of the CI's Q/K projections
+                 ci_pos_init: str = 'zeros',                           # official 'zeros'; 'sincos' = 2-D sine-cosine start
                  plam_unused_sigmoid: bool = True,                     # official True (counted, never called)
                  interest_dropout: float = 0.0,                        # official QaTa 0; MosMed+/MoNuSeg 0.5
                  ci: bool = True, ccl: bool = True, cvr: bool = True, clr: bool = True,   # Table 2
@@ -61,7 +62,7 @@ class RecLMIS(nn.Module):
         self.use_ci, self.use = ci, {'ccl': ccl, 'cvr': cvr, 'clr': clr}
         if ci:
             self.text_proj = nn.Conv1d(text_dim, D, 3, padding=1)
-            self.ci = ConditionedInteraction(D, side * side, heads, ci_dropout, ci_mask_padding, ci_init_gain)
+            self.ci = ConditionedInteraction(D, side * side, heads, ci_dropout, ci_mask_padding, ci_init_gain, ci_pos_init)
         self.has_aux = aux and (ccl or cvr or clr)
         if self.has_aux:
             self.poi_head, self.woi_head = InterestHead(D, interest_dropout), InterestHead(D, interest_dropout)

@@ -119,7 +119,7 @@ def comparison_table(results_dir='results', dataset='synth') -> str:
         lines.append(f"| {MODEL_NAMES.get(model, model)} | {100 * m['dice_a']:.2f} ({100 * m.get('dice_a_ci_low', 0):.1f}-"
                      f"{100 * m.get('dice_a_ci_high', 0):.1f}) | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | {100 * m['iou_b']:.2f} | "
                      f"{_params(t)} | {_g(m.get('macs_run'))} ({m.get('img_size', '?')} px) | {_g(m.get('macs_224'))} | "
-                     f"{m.get('cpu_latency_ms', float('nan')):.1f} ms | {t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s |")
+                     f"{(format(m['cpu_latency_ms'], '.1f') + ' ms') if 'cpu_latency_ms' in m else '-'} | {t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s |")
     return '\n'.join(lines)
 
 def ranking_note(results_dir='results', dataset='synth') -> str:

@@ -108,20 +108,28 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
         b = get_batch(split, idx)
         with autocast_ctx(device, amp): out = forward(model, b)
         logits = out['logits'] if isinstance(out, dict) else out
-        tot += hard_dice_val(torch.sigmoid(logits.float()), b['mask'], threshold).sum().item(); n += len(idx)
-    return tot / max(n, 1)
+        tot = tot + hard_dice_val(torch.sigmoid(logits.float()), b['mask'], threshold).sum(); n += len(idx)
+    return float(tot) / max(n, 1)
 
 def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=torch.device('cpu'), amp: str = 'bf16',
         seed: int = 3407, forward: Callable = default_forward, loss_fn: Callable | None = None,
         live_dir=None, run_fingerprint: str = '', progress: bool = True, meta: dict | None = None) -> dict:
     """Train `model` on `train`, select on `val`, checkpoint to `out_dir/{last,best}.pt`, resume from `last.pt`
     when its params fingerprint matches. `meta` (e.g. how to rebuild the model) is stored in `best.pt` as `spec`.
-    Returns the final state (best_dice, best_epoch, epochs_run, history)."""
+    Returns the final state (best_dice, best_epoch, epochs_run, history).
+
+    GPU path: the splits live on the device as uint8, batch order and flips are drawn by a generator on the device,
+    losses are accumulated on the device and read once per epoch (`train.sync_every`), optional channels-last memory
+    format (`train.channels_last`) and `torch.compile` (`train.compile`), bf16 autocast (`run.amp`)."""
+    device = torch.device(device)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = loss_fn or default_loss(cfg)
     model.to(device); train, val = train.to(device), val.to(device)
+    if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg); sched = make_scheduler(opt, cfg)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device if device.type == 'cuda' else 'cpu').manual_seed(seed)
+    sync_every = cfg.sync_every or (1 if device.type == 'cpu' else 0)     # 0: once per epoch
     fp = run_fingerprint or fingerprint(cfg)
     state = {'epoch': -1, 'best_dice': -1.0, 'best_epoch': -1, 'history': [], 'fingerprint': fp, 'done': False}
     last, best = out_dir / 'last.pt', out_dir / 'best.pt'
@@ -139,21 +147,29 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         from dvclive import Live
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resumed and (Path(live_dir) / 'metrics.json').exists())
     t0 = time.time()
+
+    def check(loss, parts, epoch):
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} (parts: "
+                                     f"{ {k: float(v) for k, v in parts.items()} }); lower train.lr or check the data")
+
     for epoch in range(state['epoch'] + 1, cfg.epochs):
         if state['done']: break
         model.train(); sums, n, te = {}, 0, time.time()
         bar = tqdm(list(batches(len(train), cfg.batch_size, shuffle=True, generator=gen)), desc=f'epoch {epoch + 1}/{cfg.epochs}',
                    disable=not progress, leave=False)
-        for idx in bar:
+        for step, idx in enumerate(bar):
             b = get_batch(train, idx, cfg.augment, gen)
-            with autocast_ctx(device, amp): out = forward(model, b)
+            if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
+            with autocast_ctx(device, amp): out = forward(step_model, b)
             loss, parts = loss_fn(out, b)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1} (parts: "
-                                         f"{ {k: float(v) for k, v in parts.items()} }); lower train.lr or check the data")
+            if sync_every and step % sync_every == 0: check(loss, parts, epoch)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            for k, v in {'loss': loss.detach(), **parts}.items(): sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-            n += len(idx); bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+            for k, v in {'loss': loss.detach(), **parts}.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
+            n += len(idx)
+            if progress and sync_every: bar.set_postfix(loss=f"{float(sums['loss']) / n:.4f}")
+        sums = {k: float(v) for k, v in sums.items()}                   # the one host read of the epoch
+        if not math.isfinite(sums['loss']): check(torch.tensor(sums['loss']), sums, epoch)
         lr = opt.param_groups[0]['lr']
         vd = evaluate_val(model, val, forward, cfg.batch_size * 2, device, amp)
         sched.step()
@@ -171,8 +187,8 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
             for k, v in rec.items():
                 if k != 'epoch': live.log_metric(k.replace('_', '/', 1) if k.startswith(('train_', 'val_')) else k, v)
             live.next_step()
-        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {vd:.4f}  lr {lr:.2e}"
-              + ('  (best)' if state['best_epoch'] == epoch else '') + ('  early stop' if stop else '') + ('  time limit' if timeout else ''))
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {vd:.4f}  lr {lr:.2e}  ({rec['epoch_s']:.0f} s)"
+              + ('  (best)' if state['best_epoch'] == epoch else '') + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
         if stop or timeout: break
     if live is not None: live.end()
     state['done'] = True
