@@ -5,7 +5,7 @@
 # %% ../nbs/10_cli.ipynb #93d08307
 from __future__ import annotations
 import argparse, json, sys
-from .core import load_params
+from .core import load_params, project_root
 
 # %% auto #0
 __all__ = ['main']
@@ -36,7 +36,15 @@ def _main(argv=None):
     s.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of the command')
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
+    s = sub.add_parser('study', help='controlled studies written to results/studies/ (text-uptake: RecLMIS init x seeds)')
+    s.add_argument('name', choices=['text-uptake']); s.add_argument('--seeds', nargs='*', type=int, default=[3407, 1, 7])
+    s.add_argument('--parallel', type=int, default=2)
     a = ap.parse_args(argv)
+    if a.cmd == 'study':
+        from reclmis.study import text_uptake_study, uptake_table
+        from reclmis.core import resolve
+        text_uptake_study(resolve(load_params(a.params), 'synth'), tuple(a.seeds), parallel=a.parallel)
+        print(uptake_table(project_root() / 'results/studies/text_uptake.json')); return 0
     if a.cmd == 'bench':
         from reclmis.bench import run_bench, bench_table, speedup_table, BENCH_MODELS
         out = run_bench(a.device, tuple(a.models or BENCH_MODELS), a.out, a.quick, speedups=not a.no_speedups)

@@ -6,7 +6,8 @@ from conftest import run
 
 TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
         'datasets': {'synth': {'img_size': 32}}, 'train': {'epochs': 2, 'batch_size': 16},
-        'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}}, 'evaluate': {'n_boot': 50, 'n_overlays': 4}}
+        'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}, 'lvit': {'width': 8}, 'tmca': {'width': 4, 'align_dim': 8}},
+        'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca']}, 'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2}}
 
 def _merge(a, b):
     for k, v in b.items(): a[k] = _merge(a[k], v) if isinstance(v, dict) else v
@@ -26,7 +27,7 @@ def clone(tmp_path_factory, root):
 
 def test_repro_writes_everything_then_noop(clone):
     run('dvc repro', clone, env={'RECLMIS_ROOT': str(clone)})
-    for model in ('unet', 'reclmis'):
+    for model in ('unet', 'reclmis', 'lvit', 'tmca'):     # every model through the dvc matrix
         r = clone / 'results' / 'synth' / model
         m = json.loads((r / 'metrics.json').read_text())
         assert set(m) >= {'dice_a', 'iou_a', 'dice_b', 'iou_b', 'miou_class', 'cf_dice_a', 'cf_dice_a_vs_orig'}
@@ -35,6 +36,8 @@ def test_repro_writes_everything_then_noop(clone):
     assert (clone / '_docs' / 'index.html').exists() and (clone / '_docs' / 'results.html').exists()
     page = (clone / '_docs' / 'results.html').read_text()
     assert 'Dice A' in page and 'Counterfactual notes' in page and 'paired 95% CI of the gap' in page
+    assert 'Model comparison' in page and 'TMCA (from its abstract)' in page and 'MACs/image, 224x224' in page
+    for f in ('synth_dice.png', 'synth_panel.png'): assert (clone / 'build/report/figures' / f).exists(), f
     out = run('dvc repro', clone, env={'RECLMIS_ROOT': str(clone)}).stdout
     assert 'Running stage' not in out, out
     shown = run('dvc metrics show --json', clone).stdout
