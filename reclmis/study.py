@@ -16,8 +16,7 @@ __all__ = ['UPTAKE_VARIANTS', 'text_uptake_study', 'uptake_table']
 # %% ../nbs/22_study.ipynb #3fc0b0df
 UPTAKE_VARIANTS = {
     'official init (zero position embedding, gain 1)': {'ci_pos_init': 'zeros', 'ci_init_gain': 1.0},
-    'sine-cosine position start, gain 1': {'ci_pos_init': 'sincos', 'ci_init_gain': 1.0},
-    'sine-cosine position start, gain 2': {'ci_pos_init': 'sincos', 'ci_init_gain': 2.0},
+    'reclmis default (sine-cosine position start, gain 2)': {'ci_pos_init': 'sincos', 'ci_init_gain': 2.0},
 }
 
 _RUN = r'''
