@@ -65,10 +65,19 @@ class ConditionedAttention(nn.Module):
         return a
 
     def forward(self, q, kv, cond=None, causal: bool = False):
-        B, Sq, D = q.shape
-        a = self.drop(self.weights(q, kv, cond, causal)).to(q.dtype)
-        vh = self.v(kv).view(B, kv.shape[1], self.heads, D // self.heads).transpose(1, 2)
-        return self.o((a @ vh).transpose(1, 2).reshape(B, Sq, D))
+        # softmax(s) * w / sum(softmax(s) * w) == softmax(s + log w): the conditioned attention is ordinary attention with
+        # an additive bias log(w + 1e-10) over keys, so it runs in one fused scaled_dot_product_attention call
+        B, Sq, D = q.shape; Sk, h = kv.shape[1], self.heads
+        qh = self.q(q).view(B, Sq, h, D // h).transpose(1, 2)
+        kh = self.k(kv).view(B, Sk, h, D // h).transpose(1, 2)
+        vh = self.v(kv).view(B, Sk, h, D // h).transpose(1, 2)
+        bias = None
+        if cond is not None: bias = torch.log(cond.to(qh.dtype) + 1e-10)[:, None, None, :].expand(B, 1, Sq, Sk)
+        if causal:
+            cm = torch.zeros(Sq, Sk, dtype=qh.dtype, device=q.device).masked_fill(torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).triu(1), float('-inf'))
+            bias = cm if bias is None else bias + cm
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, dropout_p=self.drop.p if self.training else 0.0)
+        return self.o(o.transpose(1, 2).reshape(B, Sq, D))
 
 # %% ../nbs/15_reconstruct.ipynb #d99a3818
 class ReconstructionLayer(nn.Module):
