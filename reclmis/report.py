@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'results_table', 'text_gap_table', 'counterfactual_table',
-           'text_table', 'data_table', 'comparison_table', 'ranking_note', 'paper_table', 'plot_comparison',
-           'plot_panel', 'figures']
+           'text_table', 'data_table', 'comparison_table', 'ranking_note', 'paper_table', 'what_differs',
+           'plot_comparison', 'plot_panel', 'figures']
 
 # %% ../nbs/09_report.ipynb #32211b01
 def _rows(results_dir):
@@ -150,6 +150,22 @@ def paper_table(results_dir='results', dataset='qata') -> str:
                      f"| {MODEL_NAMES.get(model, model)} | not published | - | - | ")
         lines[-1] += f"{100 * o['dice_a']:.2f} | {100 * o['iou_a']:.2f} |" if o else "not run | - |"
     return '\n'.join(lines)
+
+def what_differs(results_dir='results', dataset='qata') -> str:
+    "What separates our runs of `dataset` from the published ones, read from the run's own files (data, text, training)."
+    r = Path(results_dir) / dataset
+    if not (r / 'data.json').exists(): return ''
+    d = json.loads((r / 'data.json').read_text())
+    t = json.loads((r / 'text.json').read_text()) if (r / 'text.json').exists() else {}
+    tr = next((json.loads(f.read_text()) for f in sorted(r.glob('*/train.json'))), {})
+    sp = d['splits']
+    parts = [f"training on {sp['train']['n']} of {sp['train']['available']} training images and selecting on {sp['val']['n']} of "
+             f"{sp['val']['available']} validation images, all {sp['test']['n']} test images scored",
+             f"{d['img_size']} px training, metrics at {d['eval_size']} px (published: 224 / 224)",
+             f"{tr.get('epochs_run', '?')} epochs on {tr.get('device', 'cpu').upper()} (published: 200-2000 epochs with early stopping on GPUs)"]
+    if t: parts.append(f"frozen {t['encoder']} text ({t['dim']}-d, {t['token_len']} tokens) instead of CLIP ViT-B/32 (RecLMIS) or BERT (LViT)")
+    if dataset.startswith('qata'): parts.append("SGSeg's cleaned captions instead of LViT's notes (same information, other wording)")
+    return 'What differs: ' + '; '.join(parts) + '.'
 
 # %% ../nbs/09_report.ipynb #475a15b6
 def _per_image(results_dir, dataset):

@@ -50,3 +50,12 @@ def test_library_in_sync_with_notebooks(root, tmp_path):
     diff = [f.name for f in (root / 'reclmis').glob('*.py')
             if not filecmp.cmp(f, tmp_path / 'reclmis' / f.name, shallow=False)]
     assert not diff, f"reclmis/ is out of sync with nbs/ for {diff}: run nbdev_export"
+
+def test_bench_command_writes_json(root, tmp_path):
+    "The benchmark is a command (not a test of speed): its quick mode runs the real code path and writes the JSON and table."
+    r = run(f'reclmis bench --quick --models unet reclmis --no-speedups --out {tmp_path}', root)
+    out = json.loads((tmp_path / 'bench-cpu-quick.json').read_text())
+    assert [m['model'] for m in out['models']] == ['unet', 'reclmis']
+    rec = out['models'][1]
+    assert rec['params_total'] > rec['params_inference'] and rec['macs_thop'] > 0 and 'latency_b1_with_encoder' in rec
+    assert out['machine']['cpu_count'] >= 1 and '| reclmis |' in r.stdout
