@@ -109,7 +109,7 @@ def train_throughput(model, text_dim, size, dev, batch: int = 8, steps: int = 5,
         loss, _ = seg_loss(o['logits'] if isinstance(o, dict) else o, b['mask'], cfg)
         if isinstance(o, dict): loss = loss + sum(o['weights'][k] * v for k, v in o['losses'].items())
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    with torch.enable_grad(): r = latency(step, warmup=warmup, runs=steps, device=dev)
+    r = latency(step, warmup=warmup, runs=steps, device=dev, grad=True)
     return round(batch / (r['median_ms'] / 1000), 2)
 
 # %% ../nbs/21_bench.ipynb #7312e04b

@@ -51,9 +51,11 @@ def count_flops_torch(model: nn.Module, *inputs) -> float:
     return fc.get_total_flops() / 2
 
 # %% ../nbs/20_compute.ipynb #cceda581
-@torch.no_grad()
-def latency(fn, warmup: int = 5, runs: int = 50, device='cpu') -> dict:
-    "Call `fn()` `warmup` times, then time `runs` calls (synchronised on CUDA): median, p90, mean in ms."
+def latency(fn, warmup: int = 5, runs: int = 50, device='cpu', grad: bool = False) -> dict:
+    "Call `fn()` `warmup` times, then time `runs` calls (synchronised on CUDA): median, p90, mean in ms. Autograd off unless `grad`."
+    with torch.set_grad_enabled(grad): return _latency(fn, warmup, runs, device)
+
+def _latency(fn, warmup, runs, device):
     sync = (lambda: torch.cuda.synchronize()) if torch.device(device).type == 'cuda' else (lambda: None)
     for _ in range(warmup): fn()
     sync(); ts = []
