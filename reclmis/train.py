@@ -181,7 +181,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
             _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp, 'spec': meta or {}}, best)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
         timeout = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
-        state['done'] = stop or timeout or epoch + 1 == cfg.epochs
+        state['done'] = stop or epoch + 1 == cfg.epochs     # a time limit is not the end: the next run resumes
         save_checkpoint(last, model, opt, sched, state, gen)
         if live is not None:
             for k, v in rec.items():
@@ -191,7 +191,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
               + ('  (best)' if state['best_epoch'] == epoch else '') + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
         if stop or timeout: break
     if live is not None: live.end()
-    state['done'] = True
+    state['done'] = state['done'] or len(state['history']) == cfg.epochs
     return state
 
 # %% ../nbs/06_train.ipynb #1ec747c0
