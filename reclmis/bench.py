@@ -127,19 +127,21 @@ def run_bench(device: str = 'auto', models=BENCH_MODELS, out_dir='results', quic
         if r.returncode: raise RuntimeError(f"benchmark of {m} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
         row = json.loads(r.stdout.strip().splitlines()[-1]); row['wall_s'] = round(time.time() - t0, 1)
         rows.append(row); print(f"{m}: {row['latency_b1']['median_ms']:.1f} ms/image (batch 1), {row['wall_s']} s", flush=True)
-    sp = None
+    tag = 'cpu' if device == 'cpu' else torch.cuda.get_device_name(0).lower().replace(' ', '-') if torch.cuda.is_available() else device
+    out = Path(out_dir) / f"bench-{tag}{'-quick' if quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = {'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows, 'train_speedups': None}
+    out.write_text(json.dumps(res, indent=1))          # the model rows are kept even if the speed-up run fails
     if speedups:
         skw = speedup_kw or ({'size': 64, 'width': 8, 'batch': 2, 'steps': 1, 'warmup': 1, 'compile_model': False} if quick else
                              {'batch': 32, 'steps': 10, 'warmup': 3} if device == 'cuda' else {'batch': 2, 'steps': 3, 'warmup': 1})
         cmd = [sys.executable, '-m', 'reclmis.bench', '--one', 'train-speedups', '--device', device, '--kw', json.dumps(skw)]
         r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode: raise RuntimeError(f"training speed-up benchmark failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-        sp = json.loads(r.stdout.strip().splitlines()[-1])
-    tag = 'cpu' if device == 'cpu' else torch.cuda.get_device_name(0).lower().replace(' ', '-') if torch.cuda.is_available() else device
-    out = Path(out_dir) / f"bench-{tag}{'-quick' if quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows,
-                               'train_speedups': sp}, indent=1))
+        if r.returncode:
+            res['train_speedups_error'] = r.stderr[-3000:]; out.write_text(json.dumps(res, indent=1))
+            raise RuntimeError(f"training speed-up benchmark failed (exit {r.returncode}; model rows written to {out}):\n{r.stderr[-3000:]}")
+        res['train_speedups'] = json.loads(r.stdout.strip().splitlines()[-1])
+        out.write_text(json.dumps(res, indent=1))
     return out
 
 def speedup_table(path) -> str:

@@ -24,7 +24,7 @@ def sample_mask(prob, valid, ratio: float, mode: str = 'dist', fill_random: bool
     if not 0 < ratio < 1: raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
     prob, valid = prob.detach().float(), valid.bool()
     k = ((valid.sum(-1).float() * ratio).floor().long()).clamp_min(1)
-    u = torch.rand(prob.shape, device=prob.device, generator=generator).clamp_(1e-12, 1 - 1e-7)
+    u = torch.empty_like(prob).uniform_(generator=generator).clamp_(1e-12, 1 - 1e-7)   # same stream as torch.rand; traces with symbolic shapes
     gumbel = -torch.log(-torch.log(u))
     if mode == 'dist':
         pos = (prob > 0) & valid
