@@ -40,7 +40,7 @@ class Segmenter:
         "uint8 [H,W,C] from a path (decoded as the training data: BGR for 3 channels) or an array ([H,W] or [H,W,C])."
         C = self.spec['channels']
         if isinstance(image, (str, Path)):
-            if not Path(image).exists(): raise DataError(f"image {image} not found")
+            if not Path(image).is_file(): raise DataError(f"image {str(image)!r} not found or not a file: pass the path of an image (PNG, JPEG)")
             return read_image(image, C)
         a = np.asarray(image)
         if a.dtype != np.uint8: raise DataError(f"image arrays must be uint8, got {a.dtype}")
