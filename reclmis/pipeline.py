@@ -127,8 +127,9 @@ def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] |
 # %% ../nbs/08_pipeline.ipynb #e580b6cf
 def encode_stage(dataset: str, p: Params, root=None, progress: bool = True) -> dict:
     "Encode the unique notes of `dataset` (from prepared/notes.json) once; write the text bank and results/<ds>/text.json."
-    from reclmis.text import make_text_encoder, encode_notes
+    from reclmis.text import make_text_encoder, encode_notes, check_text_encoder
     root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset); t = q.text
+    check_text_encoder(t.encoder)                      # a params error first, before any file is read
     if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro prepare@{dataset}` first")
     notes = sorted({n for ns in json.loads(pa['notes'].read_text()).values() for n in ns})
     device = get_device(q.run.device, q.run.threads)

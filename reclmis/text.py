@@ -17,7 +17,8 @@ from .core import DataError, ParamsError
 # %% auto #0
 __all__ = ['EOF_PAD', 'SOT', 'EOT', 'TEXT_ENCODERS', 'pad_eof', 'check_note', 'clip_bpe', 'clip_tokenize', 'TextEncoder',
            'HFTokenEncoder', 'minilm_path', 'clip_text_config', 'openai_to_hf_clip_text', 'CLIPTextEncoder',
-           'register_text_encoder', 'make_text_encoder', 'TextBank', 'apply_standardize', 'encode_notes']
+           'register_text_encoder', 'check_text_encoder', 'make_text_encoder', 'TextBank', 'apply_standardize',
+           'encode_notes']
 
 # %% ../nbs/11_text.ipynb #6ab7a004
 EOF_PAD = ' EOF XXX'
@@ -183,11 +184,15 @@ def register_text_encoder(name: str, factory: Callable[..., TextEncoder]):
     "Make `factory(weights)` available as `text.encoder: name`."
     TEXT_ENCODERS[name] = factory
 
-def make_text_encoder(name: str, weights: str = '') -> TextEncoder:
-    "The frozen text encoder called `name` (see `TEXT_ENCODERS`)."
+def check_text_encoder(name: str) -> str:
+    "`name` if it is a known text encoder, else a `ParamsError` naming the params key and the known ones."
     if name not in TEXT_ENCODERS:
         raise ParamsError(f"unknown text encoder '{name}' in params key 'text.encoder'; known: {', '.join(TEXT_ENCODERS)}")
-    return TEXT_ENCODERS[name](weights)
+    return name
+
+def make_text_encoder(name: str, weights: str = '') -> TextEncoder:
+    "The frozen text encoder called `name` (see `TEXT_ENCODERS`)."
+    return TEXT_ENCODERS[check_text_encoder(name)](weights)
 
 # %% ../nbs/11_text.ipynb #367205ca
 @dataclass
