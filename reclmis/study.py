@@ -81,7 +81,7 @@ def text_uptake_study(p: Params, seeds=(3407, 1, 7), variants: dict | None = Non
 def uptake_table(path) -> str:
     "The study as a markdown table: per variant, the test Dice A of each seed, their mean, and the text-uptake epochs."
     d = json.loads(Path(path).read_text())
-    lines = [f"Embedded default, RecLMIS, {d['train']['epochs']} epochs, seeds {', '.join(map(str, d['seeds']))}, one CPU thread per run "
+    lines = [f"Embedded default, RecLMIS, {d['train']['epochs']} epochs ({d['train'].get('schedule', '?')} schedule from lr {d['train'].get('lr', '?')}), seeds {', '.join(map(str, d['seeds']))}, one CPU thread per run "
              f"({d['date']}). Text-blind ceiling (segment every opacity): validation Dice {100 * d['blind_val_dice']:.1f}, test "
              f"{100 * d['blind_test_dice']:.1f}. *Uptake epoch*: first epoch whose validation Dice beats the ceiling by 2 points.", '',
              '| CI initialisation | test Dice A per seed | mean | counterfactual Dice A (new note vs new target), mean | uptake epoch per seed |',
