@@ -131,17 +131,17 @@ def run_bench(device: str = 'auto', models=BENCH_MODELS, out_dir='results', quic
     out = Path(out_dir) / f"bench-{tag}{'-quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     res = {'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows, 'train_speedups': None}
-    out.write_text(json.dumps(res, indent=1))          # the model rows are kept even if the speed-up run fails
+    save = lambda: out.write_text(json.dumps(res, indent=1))
+    save()                                             # the model rows are kept even if the speed-up run fails
     if speedups:
         skw = speedup_kw or ({'size': 64, 'width': 8, 'batch': 2, 'steps': 1, 'warmup': 1, 'compile_model': False} if quick else
                              {'batch': 32, 'steps': 10, 'warmup': 3} if device == 'cuda' else {'batch': 2, 'steps': 3, 'warmup': 1})
         cmd = [sys.executable, '-m', 'reclmis.bench', '--one', 'train-speedups', '--device', device, '--kw', json.dumps(skw)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
-            res['train_speedups_error'] = r.stderr[-3000:]; out.write_text(json.dumps(res, indent=1))
+            res['train_speedups_error'] = r.stderr[-3000:]; save()
             raise RuntimeError(f"training speed-up benchmark failed (exit {r.returncode}; model rows written to {out}):\n{r.stderr[-3000:]}")
-        res['train_speedups'] = json.loads(r.stdout.strip().splitlines()[-1])
-        out.write_text(json.dumps(res, indent=1))
+        res['train_speedups'] = json.loads(r.stdout.strip().splitlines()[-1]); save()
     return out
 
 def speedup_table(path) -> str:

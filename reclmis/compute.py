@@ -53,13 +53,11 @@ def count_flops_torch(model: nn.Module, *inputs) -> float:
 # %% ../nbs/20_compute.ipynb #cceda581
 def latency(fn, warmup: int = 5, runs: int = 50, device='cpu', grad: bool = False) -> dict:
     "Call `fn()` `warmup` times, then time `runs` calls (synchronised on CUDA): median, p90, mean in ms. Autograd off unless `grad`."
-    with torch.set_grad_enabled(grad): return _latency(fn, warmup, runs, device)
-
-def _latency(fn, warmup, runs, device):
     sync = (lambda: torch.cuda.synchronize()) if torch.device(device).type == 'cuda' else (lambda: None)
-    for _ in range(warmup): fn()
-    sync(); ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter(); fn(); sync(); ts.append(1000 * (time.perf_counter() - t0))
+    with torch.set_grad_enabled(grad):
+        for _ in range(warmup): fn()
+        sync(); ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter(); fn(); sync(); ts.append(1000 * (time.perf_counter() - t0))
     ts.sort()
     return {'median_ms': statistics.median(ts), 'p90_ms': ts[min(len(ts) - 1, int(0.9 * len(ts)))], 'mean_ms': statistics.fmean(ts), 'runs': runs}

@@ -73,9 +73,7 @@ def text_table(results_dir='results') -> str:
              '|' + '---|' * 9]
     for f in sorted(Path(results_dir).glob('*/text.json')):
         d = json.loads(f.read_text())
-        w = d.get('weights') or 'default'
-        if 'site-packages' in w: w = Path(w).relative_to(w[:w.index('site-packages') + len('site-packages')]).parts[0] + ' (package)'
-        lines.append(f"| {d['dataset']} | {d['encoder']} | {w} | {d['dim']} | {d['token_len']} | "
+        lines.append(f"| {d['dataset']} | {d['encoder']} | {d.get('weights') or 'default'} | {d['dim']} | {d['token_len']} | "
                      f"{'yes' if d.get('pad_eof') else 'no'} | {d['unique_notes']} | {d['mean_valid_tokens']:.1f} | "
                      f"{100 * d['truncated_share']:.1f}% |")
     return '\n'.join(lines) if len(lines) > 2 else '_No text features yet._'

