@@ -36,10 +36,17 @@ def _main(argv=None):
     s.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of the command')
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
-    s = sub.add_parser('study', help='controlled studies written to results/studies/ (text-uptake: RecLMIS init x seeds)')
-    s.add_argument('name', choices=['text-uptake']); s.add_argument('--seeds', nargs='*', type=int, default=[3407, 1, 7])
+    s = sub.add_parser('study', help='controlled studies written to results/studies/ (text-uptake: RecLMIS init x seeds; augment: augmentation recipes)')
+    s.add_argument('name', choices=['text-uptake', 'augment']); s.add_argument('--seeds', nargs='*', type=int, default=[3407, 1, 7])
+    s.add_argument('--dataset', default='qata', help='augment: the dataset (prepared and encoded)')
+    s.add_argument('--model', default='reclmis', help='augment: the model')
+    s.add_argument('--recipes', nargs='*', default=['none', 'hflip', 'official', 'official_notesafe'], help='augment: the recipes')
     s.add_argument('--parallel', type=int, default=2)
     a = ap.parse_args(argv)
+    if a.cmd == 'study' and a.name == 'augment':
+        from reclmis.study import augment_study, augment_table
+        augment_study(load_params(a.params), a.dataset, a.model, tuple(a.recipes))
+        print(augment_table(project_root() / f'results/studies/augment_{a.dataset}.json')); return 0
     if a.cmd == 'study':
         from reclmis.study import text_uptake_study, uptake_table
         from reclmis.core import resolve
@@ -64,3 +71,5 @@ def _main(argv=None):
     elif a.cmd == 'train': r = pl.train_stage(a.dataset, a.model, p); print({k: v for k, v in r.items() if k != 'history'})
     elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p), indent=1))
     return 0
+
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m reclmis.cli (no console script)

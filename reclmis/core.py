@@ -44,6 +44,7 @@ class RunParams:
     threads: int = 2           # torch CPU threads (0 = torch's default)
     seed: int = 3407           # official RecLMIS seed
     amp: str = 'bf16'          # autocast dtype on CUDA: bf16 | fp16 | none (CPU always runs fp32)
+    live: bool = True          # dvclive training logs under results/<ds>/<model>/live (false: a machine without dvclive; train.json keeps the curves)
 
 @dataclass
 class FetchParams:
@@ -182,7 +183,8 @@ class TrainParams:
     dice_weight: float = 0.5
     bce_weight: float = 0.5
     bce: str = 'plain'          # plain (RecLMIS) | balanced (LViT's class-balanced BCE)
-    augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note); the official blur/photometric/rot90/rotate set is not implemented yet
+    augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note) | official (blur, photometric, rot90/flip, rotate) | official_notesafe
+    blur_rowwise: bool = True   # official quirk: the blur filters image rows (false: the intended per-channel 2-D blur)
     num_workers: int = 0
     max_minutes: float = 0.0    # stop training after this wall time (0 = no limit); the last finished epoch counts
     sync_every: int = 0         # steps between host reads of the loss (non-finite check); 0 = auto: every step on CPU, once per epoch on CUDA
@@ -269,7 +271,7 @@ def check_params(p: Params) -> Params:
             raise ParamsError(f"params key 'datasets.{n}.overrides' may only hold train/model/evaluate, got {list(ds.overrides)}")
     enums = {'run.device': (p.run.device, ('auto', 'cpu', 'cuda')), 'run.amp': (p.run.amp, ('bf16', 'fp16', 'none')),
              'train.schedule': (p.train.schedule, ('sgdr', 'exp', 'constant')), 'train.bce': (p.train.bce, ('plain', 'balanced')),
-             'train.augment': (p.train.augment, ('none', 'hflip')),
+             'train.augment': (p.train.augment, ('none', 'hflip', 'official', 'official_notesafe')),
              'model.unet.up_mode': (p.model.unet.up_mode, ('convtranspose', 'nearest')),
              'model.reclmis.mask_mode': (p.model.reclmis.mask_mode, ('dist', 'random', 'topk')),
              'model.reclmis.rec_loss_on': (p.model.reclmis.rec_loss_on, ('all', 'masked')),

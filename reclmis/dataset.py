@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import DataError
+from .augment import AUGMENTS, augment_batch
 
 # %% auto #0
 __all__ = ['mirror_note', 'Split', 'attach_text', 'make_split', 'save_split', 'load_split', 'batches', 'get_batch']
@@ -92,19 +93,23 @@ def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Gen
         if drop_last and len(idx) < batch_size: break
         yield idx
 
-def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: torch.Generator | None = None) -> dict:
+def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: torch.Generator | None = None,
+              blur_rowwise: bool = True) -> dict:
     """Gather a batch: image float [B,C,H,W] in [0,1], mask float [B,1,H,W], note_idx [B] (into `s.notes`), idx [B],
     and when the split carries text: text [B,L,D], text_mask [B,L] of each sample's (possibly mirrored) note.
-    augment: 'none' | 'hflip' (p=0.5 per sample, note mirrored)."""
+    augment: 'none' | 'hflip' (p=0.5 per sample, note mirrored) | 'official' (blur, photometric, rot90/flip, rotate;
+    the note is not changed) | 'official_notesafe' (blur, photometric, rotate, then hflip with the note mirrored):
+    `reclmis.augment`. blur_rowwise: the official row-wise blur quirk (False: the intended 2-D blur)."""
     dev = s.images.device
     idx = idx.to(dev)
     img, msk, nid = s.images[idx].float() / 255, s.masks[idx].float()[:, None], s.note_idx[idx]
-    if augment == 'hflip':
+    if augment not in AUGMENTS: raise ValueError(f"unknown augment {augment!r}; params train.augment must be one of {', '.join(AUGMENTS)}")
+    if augment.startswith('official'): img, msk = augment_batch(img, msk, augment, generator, blur_rowwise)
+    if augment in ('hflip', 'official_notesafe'):
         flip = (torch.rand(len(idx), generator=generator, device=generator.device if generator is not None else 'cpu') < 0.5).to(dev)
         img = torch.where(flip[:, None, None, None], img.flip(-1), img)
         msk = torch.where(flip[:, None, None, None], msk.flip(-1), msk)
         nid = torch.where(flip, s.mirror_idx[nid], nid)
-    elif augment != 'none': raise ValueError(f"unknown augment {augment!r}; params train.augment must be none or hflip")
     out = dict(image=img, mask=msk, note_idx=nid, idx=idx)
     if s.text is not None: out.update(text=s.text[nid].float(), text_mask=s.text_mask[nid])
     return out

@@ -203,7 +203,7 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
                       'seed': q.run.seed, 'model_name': model, 'n_train': len(tr),
                       'text': asdict(q.text) if model in TEXT_MODELS else None})
     t0 = time.time()
-    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=q.run.seed, live_dir=pa['live'],
+    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=q.run.seed, live_dir=pa['live'] if q.run.live else None,
              run_fingerprint=fp, progress=progress, meta=spec)
     counts = net.n_params() if hasattr(net, 'n_params') else {'total': n_params(net), 'inference': n_params(net), 'aux': 0}
     out = {'dataset': dataset, 'model': model, 'device': device.type, 'params': counts['total'],

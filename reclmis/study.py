@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import Params, project_root, from_dict, check_params
 
 # %% auto #0
-__all__ = ['UPTAKE_VARIANTS', 'text_uptake_study', 'uptake_table']
+__all__ = ['UPTAKE_VARIANTS', 'text_uptake_study', 'uptake_table', 'augment_study', 'augment_table']
 
 # %% ../nbs/22_study.ipynb #3fc0b0df
 UPTAKE_VARIANTS = {
@@ -91,4 +91,85 @@ def uptake_table(path) -> str:
         cf = [r['cf_dice_a'] for r in rows if r['cf_dice_a'] is not None]
         lines.append(f"| {name} | {' / '.join(f'{100 * x:.1f}' for x in dice)} | {100 * sum(dice) / len(dice):.1f} | "
                      f"{100 * sum(cf) / max(len(cf), 1):.1f} | {' / '.join(str(r['uptake_epoch'] or 'never') for r in rows)} |")
+    return '\n'.join(lines)
+
+# %% ../nbs/22_study.ipynb #aug0ex01
+_RUN_ONE = r'''
+import json, sys
+from pathlib import Path
+from reclmis.core import from_dict, check_params, Params
+from reclmis import pipeline as pl
+root, ds, model, d = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+p = check_params(from_dict(Params, d))
+t = pl.train_stage(ds, model, p, root, progress=False)
+pa = pl.paths(root, ds, model)
+best = Path(pa['ckpt']) / 'best.pt'
+if not pa['metrics'].exists() or pa['metrics'].stat().st_mtime < best.stat().st_mtime: pl.evaluate_stage(ds, model, p, root)
+print(json.dumps({'train': {k: v for k, v in t.items() if k != 'fingerprint'}, 'metrics': json.loads(pa['metrics'].read_text())}))
+'''
+
+def _study_row(train: dict, m: dict, source: str) -> dict:
+    h = train['history']
+    return {'source': source, 'test_dice_a': m['dice_a'], 'ci': [m['dice_a_ci_low'], m['dice_a_ci_high']], 'iou_a': m['iou_a'],
+            'dice_b': m['dice_b'], 'side_swap_orig': m.get('cf_orig_dice_a'), 'side_swap_swapped': m.get('cf_dice_a_vs_orig'),
+            'best_epoch': train['best_epoch'], 'epochs': len(h), 'train_s': round(sum(e['epoch_s'] for e in h), 1),
+            'val_curve': [round(e['val_dice'], 4) for e in h]}
+
+def augment_study(p: Params, dataset: str = 'qata', model: str = 'reclmis', recipes=('none', 'hflip', 'official', 'official_notesafe'),
+                  root=None, out=None) -> dict:
+    """Train and evaluate `model` on `dataset` once per augmentation recipe (same data, seed, budget); the pipeline's run
+    stands for the configured recipe. Needs the dataset prepared and encoded (`dvc repro` with it in run.datasets).
+    Writes and returns results/studies/augment_<dataset>.json."""
+    from reclmis.core import resolve, ParamsError
+    from reclmis import pipeline as pl
+    from reclmis.augment import AUGMENTS
+    root = Path(root or project_root())
+    bad = [r for r in recipes if r not in AUGMENTS]
+    if bad: raise ParamsError(f"unknown augmentation recipe(s) {bad}; known: {', '.join(AUGMENTS)}")
+    src = pl.paths(root, dataset)
+    for k in ('prepared', 'bank', 'text_json', 'data_json'):
+        if not Path(src[k]).exists():
+            raise FileNotFoundError(f"{src[k]} not found: prepare and encode {dataset} first (dvc exp run -S 'run.datasets=[synth,{dataset}]')")
+    configured = resolve(p, dataset, model).train.augment
+    rows = {}
+    for r in recipes:
+        own = pl.paths(root, dataset, model)
+        if r == configured and own['metrics'].exists() and own['train_json'].exists():
+            rows[r] = _study_row(json.loads(own['train_json'].read_text()), json.loads(own['metrics'].read_text()),
+                                 f'results/{dataset}/{model} (the pipeline run)')
+            continue
+        run_root = root / 'build' / 'studies' / f'augment-{dataset}' / r
+        b = run_root / 'build' / dataset; b.mkdir(parents=True, exist_ok=True)
+        for n in ('raw', 'index', 'prepared'):
+            link = b / Path(src[n]).name
+            if not link.exists(): link.symlink_to(Path(src[n]).resolve())
+        if not (b / 'text').exists(): (b / 'text').symlink_to(Path(src['bank']).parent.resolve())
+        rd = run_root / 'results' / dataset; rd.mkdir(parents=True, exist_ok=True)
+        for k in ('text_json', 'data_json'): shutil.copy(src[k], rd / Path(src[k]).name)
+        d = asdict(p); d['datasets'][dataset]['overrides'].setdefault('train', {})['augment'] = r
+        t0 = time.time()
+        res = subprocess.run([sys.executable, '-c', _RUN_ONE, str(run_root), dataset, model, json.dumps(d)], capture_output=True, text=True)
+        if res.returncode: raise RuntimeError(f"augmentation study run {r} failed:\n{res.stderr[-3000:]}")
+        o = json.loads(res.stdout.strip().splitlines()[-1])
+        rows[r] = _study_row(o['train'], o['metrics'], str(run_root.relative_to(root)))
+        print(f"{r}: test Dice A {100 * rows[r]['test_dice_a']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    q = resolve(p, dataset, model)
+    result = {'study': f'augmentation recipes, {model} on {dataset}', 'date': time.strftime('%Y-%m-%d'), 'dataset': dataset,
+              'model': model, 'seed': q.run.seed, 'configured': configured, 'train': asdict(q.train), 'data': asdict(q.datasets[dataset]), 'recipes': rows}
+    out = Path(out or root / 'results' / 'studies' / f'augment_{dataset}.json')
+    out.parent.mkdir(parents=True, exist_ok=True); out.write_text(json.dumps(result, indent=1))
+    return result
+
+def augment_table(path) -> str:
+    "The augmentation study as a markdown table."
+    d = json.loads(Path(path).read_text()); t, ds = d['train'], d['data']
+    lines = [f"{d['model']} on {d['dataset']} ({ds.get('limit_train') or 'all'} training images at {ds['img_size']} px, {t['epochs']} epochs, "
+             f"batch {t['batch_size']}, seed {d.get('seed', 'as params')}; {d['date']}). Side swap: Dice A against the original target "
+             "with the original note -> with left and right swapped in the note (a model that reads the side loses Dice).", '',
+             '| recipe | test Dice A (95% CI) | IoU A | Dice B | side swap | best epoch |', '|---|---|---|---|---|---|']
+    for name, r in d['recipes'].items():
+        sw = (f"{100 * r['side_swap_orig']:.2f} -> {100 * r['side_swap_swapped']:.2f}" if r.get('side_swap_orig') is not None else '-')
+        lines.append(f"| {name}{' (configured)' if name == d['configured'] else ''} | {100 * r['test_dice_a']:.2f} "
+                     f"({100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f}) | {100 * r['iou_a']:.2f} | {100 * r['dice_b']:.2f} | {sw} | "
+                     f"{r['best_epoch']} of {r['epochs']} |")
     return '\n'.join(lines)

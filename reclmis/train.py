@@ -159,7 +159,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         bar = tqdm(list(batches(len(train), cfg.batch_size, shuffle=True, generator=gen)), desc=f'epoch {epoch + 1}/{cfg.epochs}',
                    disable=not progress, leave=False)
         for step, idx in enumerate(bar):
-            b = get_batch(train, idx, cfg.augment, gen)
+            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise)
             if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
             with autocast_ctx(device, amp): out = forward(step_model, b)
             loss, parts = loss_fn(out, b)

@@ -93,6 +93,10 @@ def test_bad_reclmis_param(root, tmp_path):
     r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['model']['reclmis'].update(ci=False)))
     assert r.returncode == 2 and 'ccl, cvr and clr false' in r.stderr, r.stderr
 
+def test_unknown_augmentation(root, tmp_path):
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['train'].update(augment='randaugment')))
+    assert r.returncode == 2 and "'train.augment' is 'randaugment'" in r.stderr and 'official_notesafe' in r.stderr, r.stderr
+
 def test_missing_text_features(tmp_path):
     from reclmis.text import TextBank
     with pytest.raises(DataError, match='encode stage'): TextBank.load(tmp_path / 'bank.pt')

@@ -59,3 +59,16 @@ def test_bench_command_writes_json(root, tmp_path):
     rec = out['models'][1]
     assert rec['params_total'] > rec['params_inference'] and rec['macs_thop'] > 0 and 'latency_b1_with_encoder' in rec
     assert out['machine']['cpu_count'] >= 1 and '| reclmis |' in r.stdout
+
+def test_gpu_session_script(root, tmp_path):
+    "The prepared GPU plan: bad steps stop with a usage line; the machine's params file is valid and says what it should."
+    sh = lambda *a: subprocess.run(['bash', str(root / 'scripts' / 'gpu_session.sh'), *a], capture_output=True, text=True,
+                                   env={**__import__('os').environ, 'OUT': str(tmp_path / 'out')})
+    r = sh('frobnicate'); assert r.returncode == 2 and "unknown step 'frobnicate'" in r.stderr, r.stderr
+    r = sh(); assert r.returncode == 2 and 'usage' in r.stderr, r.stderr
+    f = tmp_path / 'p.yaml'
+    r = sh('params', '2.5', str(f)); assert r.returncode == 0, r.stderr
+    p = load_params(f)
+    assert p.fetch.source == '/tmp/reclmis-mirror' and p.run.live is False and p.run.device == 'cuda'
+    ds = p.datasets['qata_full']
+    assert ds.overrides['train']['max_minutes'] == 2.5 and ds.overrides['train']['augment'] == 'official' and ds.limit_train == 0
