@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 
 # %% auto #0
-__all__ = ['DEFAULT_EXTRA', 'notebook_title', 'page_name', 'proc_nb', 'clean_nb', 'nav_html', 'offline_html', 'nb_to_html',
-           'build_site', 'screenshot', 'main']
+__all__ = ['DEFAULT_EXTRA', 'notebook_title', 'page_name', 'proc_nb', 'link_attrs_to_html', 'clean_nb', 'nav_html',
+           'offline_html', 'nb_to_html', 'build_site', 'screenshot', 'main']
 
 # %% ../nbs/07_docs.ipynb #e3468398
 _re_h1 = re.compile(r'^\s*#\s+(.+?)\s*$', re.MULTILINE)
@@ -94,6 +94,16 @@ def _front_matter(src: str) -> dict | None:
     except Exception: return None
     return d if isinstance(d, dict) else None
 
+_re_link_attrs = re.compile(r'\[([^\]]+)\]\(([^)\s]+)\)\{([^}]*)\}')
+
+def link_attrs_to_html(md: str) -> str:
+    """Pandoc link attributes (`[source](url){target="_blank" style="..."}`, as `show_doc` writes them for Quarto) as an HTML
+    link, which nbconvert's markdown renders; otherwise they show as literal text."""
+    def one(m):
+        attrs = ' '.join(a for a in re.findall(r'[\w-]+="[^"]*"', m.group(3)))
+        return f'<a href="{m.group(2)}" {attrs}>{m.group(1)}</a>'
+    return _re_link_attrs.sub(one, md)
+
 def clean_nb(nb):
     "Make a (processed or raw) notebook ready for nbconvert: drop execution metadata, front matter -> title, apply and strip `#|` directives."
     nb.metadata.pop('execution', None)
@@ -117,6 +127,9 @@ def clean_nb(nb):
             if not c.source.strip() and not c.get('outputs'): continue
             if not c.source.strip(): tags.add('remove_input')
             if tags: c.metadata['tags'] = sorted(tags)
+            for o in c.get('outputs', []):
+                md = o.get('data', {}).get('text/markdown')
+                if md is not None: o['data']['text/markdown'] = link_attrs_to_html(md if isinstance(md, str) else ''.join(md))
         cells.append(c)
     nb.cells = cells
     return nb
