@@ -185,7 +185,6 @@ class TrainParams:
     bce: str = 'plain'          # plain (RecLMIS) | balanced (LViT's class-balanced BCE)
     augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note) | official (blur, photometric, rot90/flip, rotate) | official_notesafe
     blur_rowwise: bool = True   # official quirk: the blur filters image rows (false: the intended per-channel 2-D blur)
-    num_workers: int = 0
     max_minutes: float = 0.0    # stop training after this wall time (0 = no limit); the last finished epoch counts
     sync_every: int = 0         # steps between host reads of the loss (non-finite check); 0 = auto: every step on CPU, once per epoch on CUDA
     channels_last: bool = False # channels-last memory format (faster convolutions on GPUs with bf16)
