@@ -13,10 +13,10 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'RunParams', 'FetchParams', 'SynthParams',
-           'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams', 'TMCAParams', 'ModelParams', 'TextParams',
-           'TrainParams', 'EvaluateParams', 'ReportParams', 'Params', 'from_dict', 'check_params', 'load_params',
-           'dataset_params', 'resolve', 'fingerprint', 'seed_everything', 'get_device']
+__all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'save_figure', 'RunParams', 'FetchParams',
+           'SynthParams', 'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams', 'TMCAParams', 'ModelParams',
+           'TextParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'Params', 'from_dict', 'check_params',
+           'load_params', 'dataset_params', 'resolve', 'fingerprint', 'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #b638d659
 class ParamsError(ValueError):
@@ -34,6 +34,16 @@ def project_root(start: str | Path | None = None) -> Path:
         if (q/'settings.ini').exists() and (q/'params.yaml').exists(): return q
     raise FileNotFoundError(f"No project root (a folder with settings.ini and params.yaml) above {p}; "
                             "run from inside the reclmis checkout or set RECLMIS_ROOT.")
+
+# %% ../nbs/00_core.ipynb #savefig2
+def save_figure(fig, path, dpi: int = 110, colors: int = 256) -> Path:
+    "Save a matplotlib figure to `path` as a palette PNG of `colors` colours (no dithering); creates the folder."
+    import io
+    from PIL import Image
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO(); fig.savefig(buf, dpi=dpi, format='png'); buf.seek(0)
+    Image.open(buf).convert('RGB').quantize(colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path
 
 # %% ../nbs/00_core.ipynb #1c46b941
 @dataclass

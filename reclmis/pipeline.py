@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from .core import (Params, ParamsError, DataError, load_params, resolve, dataset_params, project_root, seed_everything,
-                          get_device, fingerprint, MODELS)
+                          get_device, fingerprint, MODELS, save_figure)
 from .dataset import make_split, save_split, load_split, batches, get_batch, Split
 from .data import sha256_file, subset
 
@@ -378,7 +378,7 @@ def plot_overlays(split: Split, prob: torch.Tensor, dice: np.ndarray, n: int, pa
         note = split.notes[int(split.note_idx[i])]
         ax.set_title('\n'.join(textwrap.wrap(note, 34)[:4]) + f'\nDice {dice[i]:.2f}', fontsize=7)
     fig.suptitle(f'{title}  (green contour: ground truth, yellow fill: prediction)', fontsize=9)
-    fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, path); plt.close(fig)
 
 def plot_counterfactual(te: Split, prob: torch.Tensor, cf: Split, pcf: torch.Tensor, n: int, path, title: str = '',
                         threshold: float = 0.5, known: bool = True):
@@ -403,7 +403,7 @@ def plot_counterfactual(te: Split, prob: torch.Tensor, cf: Split, pcf: torch.Ten
             ax.set_title(('original: ' if r == 0 else 'counterfactual: ') + '\n'.join(textwrap.wrap(note.split(', ')[-1], 26)[:3]), fontsize=7)
     how = 'a note naming only the undescribed opacities' if known else "the note with 'left' and 'right' swapped (no target exists)"
     fig.suptitle(f'{title}\n(top: the test note; bottom: {how}; green: target, yellow: prediction)', fontsize=8)
-    fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
+    fig.tight_layout(); save_figure(fig, path); plt.close(fig)
 
 def plot_curves(history: list[dict], path, title: str = ''):
     "Training loss and validation Dice per epoch."
@@ -414,4 +414,4 @@ def plot_curves(history: list[dict], path, title: str = ''):
     a.set_xlabel('epoch'); a.set_title('training losses'); a.legend(fontsize=7); a.set_yscale('log')
     b.plot(ep, [h['val_dice'] for h in history], 'o-'); b.set_xlabel('epoch'); b.set_title('validation Dice (official, hard)')
     fig.suptitle(title, fontsize=9); fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110); plt.close(fig)
+    save_figure(fig, path); plt.close(fig)

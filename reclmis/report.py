@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json
 from pathlib import Path
+from .core import save_figure
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'results_table', 'text_gap_table', 'counterfactual_table',
@@ -190,7 +191,7 @@ def plot_comparison(results_dir='results', dataset='synth', path=None):
     b.set_xticks(range(1, len(models) + 1), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models]); b.set_ylabel('per-image Dice A (%)')
     b.set_title(f'{dataset}: per-image Dice A distribution', fontsize=9); b.grid(axis='y', alpha=.3)
     fig.tight_layout()
-    if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig); return Path(path)
+    if path: save_figure(fig, path); plt.close(fig); return Path(path)
     return fig
 
 def plot_panel(results_dir='results', dataset='synth', path=None):
@@ -217,7 +218,7 @@ def plot_panel(results_dir='results', dataset='synth', path=None):
             if r == 0: ax.set_title(MODEL_NAMES.get(k, k).split(' (')[0] + '\n', fontsize=8)
     for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
-    if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=100); plt.close(fig); return Path(path)
+    if path: save_figure(fig, path, dpi=100); plt.close(fig); return Path(path)
     return fig
 
 FIGURES = (('curves.png', 'training curves'), ('overlays.png', 'test overlays'), ('counterfactual.png', 'counterfactual notes'))

@@ -26,8 +26,8 @@ OUT=${OUT:-$ROOT/build/gpu_out}; mkdir -p "$OUT"
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi   # the machine: its python3 holds torch
 SITE=/tmp/reclmis-site
 LIMIT=$((64 * 1024 * 1024))
-PARTS=("MANIFEST.json annotation.json qata-train-000.tar" "qata-train-001.tar" "qata-train-002.tar"
-       "qata-train-003.tar qata-valid-000.tar" "qata-test-000.tar qata-test-001.tar")
+PARTS=("MANIFEST.json qata-train-000.tar" "annotation.json qata-train-001.tar" "qata-train-002.tar"
+       "qata-train-003.tar qata-valid-000.tar qata-test-001.tar" "qata-test-000.tar")   # q1 also takes the wheels and text features
 WHEELS="openai-clip==1.0.1 ftfy==6.3.1 wcwidth==0.9.4 thop==0.1.1.post2209072238"
 
 die() { echo "gpu_session: $*" >&2; exit 2; }
