@@ -386,7 +386,7 @@ def plot_counterfactual(te: Split, prob: torch.Tensor, cf: Split, pcf: torch.Ten
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     n = min(n, len(cf)); pick = np.linspace(0, len(cf) - 1, n).round().astype(int) if n else []
     pos = {name: i for i, name in enumerate(te.names)}
-    fig, axs = plt.subplots(2, max(n, 1), figsize=(2.6 * max(n, 1), 6.0), squeeze=False)
+    fig, axs = plt.subplots(2, max(n, 1), figsize=(2.6 * max(n, 1), 6.8), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     orig = cf.extra['masks_orig']; S = orig.shape[-1]
     for c, j in enumerate(pick):
@@ -400,7 +400,7 @@ def plot_counterfactual(te: Split, prob: torch.Tensor, cf: Split, pcf: torch.Ten
             pb = pr.numpy() > threshold
             ax.imshow(np.ma.masked_where(~pb, pb), cmap='autumn', alpha=0.45, vmin=0, vmax=1)
             if tg is not None and tg.any(): ax.contour(tg.numpy(), levels=[0.5], colors='lime', linewidths=1.0)
-            ax.set_title(('original: ' if r == 0 else 'counterfactual: ') + '\n'.join(textwrap.wrap(note.split(', ')[-1], 26)[:3]), fontsize=7)
+            ax.set_title(('original:\n' if r == 0 else 'counterfactual:\n') + '\n'.join(textwrap.wrap(note.split(', ')[-1], 30)[:3]), fontsize=7)
     how = 'a note naming only the undescribed opacities' if known else "the note with 'left' and 'right' swapped (no target exists)"
     fig.suptitle(f'{title}\n(top: the test note; bottom: {how}; green: target, yellow: prediction)', fontsize=8)
     fig.tight_layout(); save_figure(fig, path); plt.close(fig)
