@@ -143,12 +143,10 @@ def random_geometric(img: torch.Tensor, msk: torch.Tensor, generator: torch.Gene
 # %% ../nbs/04a_augment.ipynb #27c32df6
 def augment_batch(img: torch.Tensor, msk: torch.Tensor, recipe: str, generator: torch.Generator | None = None,
                   blur_rowwise: bool = True):
-    """Apply `recipe` ('official' | 'official_notesafe') to img float [B,C,H,W] in [0,1] (BGR or grey) and
-    msk float [B,1,H,W]; returns both, on their device."""
+    """Apply `recipe` ('official' | 'official_notesafe') to img float [B,C,H,W] on the 0..255 scale holding integers
+    (BGR or grey) and msk float [B,1,H,W]; returns both (img still on the 0..255 scale), on their device."""
     if recipe not in ('official', 'official_notesafe'):
         raise ValueError(f"unknown augmentation recipe {recipe!r}; params train.augment must be one of {', '.join(AUGMENTS)}")
-    x = (img * 255).round()
-    x = random_blur(x, generator, rowwise=blur_rowwise).floor()
+    x = random_blur(img, generator, rowwise=blur_rowwise).floor()
     x = photometric(x, generator)
-    x, msk = random_geometric(x, msk, generator, rot_flip=recipe == 'official')
-    return x / 255, msk
+    return random_geometric(x, msk, generator, rot_flip=recipe == 'official')

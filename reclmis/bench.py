@@ -213,7 +213,7 @@ def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224
             for i, idx in enumerate(batches(len(sp), batch, shuffle=True, generator=gen)):
                 if i >= k: break
                 b = get_batch(src, idx, augment, gen)
-                if not on_dev: b = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()}   # host -> device per step
+                if not on_dev: b = {key: v.to(dev) if torch.is_tensor(v) else v for key, v in b.items()}   # host -> device per step
                 if o.get('cl'): b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
                 with autocast_ctx(dev, 'bf16' if o.get('bf16') else 'none'):
                     out_ = default_forward(run, b)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .core import DataError
-from .augment import AUGMENTS, augment_batch
+from .augment import AUGMENTS, augment_batch, _draw
 
 # %% auto #0
 __all__ = ['mirror_note', 'Split', 'attach_text', 'make_split', 'save_split', 'load_split', 'batches', 'get_batch']
@@ -102,11 +102,12 @@ def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: tor
     `reclmis.augment`. blur_rowwise: the official row-wise blur quirk (False: the intended 2-D blur)."""
     dev = s.images.device
     idx = idx.to(dev)
-    img, msk, nid = s.images[idx].float() / 255, s.masks[idx].float()[:, None], s.note_idx[idx]
+    img, msk, nid = s.images[idx].float(), s.masks[idx].float()[:, None], s.note_idx[idx]
     if augment not in AUGMENTS: raise ValueError(f"unknown augment {augment!r}; params train.augment must be one of {', '.join(AUGMENTS)}")
     if augment.startswith('official'): img, msk = augment_batch(img, msk, augment, generator, blur_rowwise)
+    img = img / 255
     if augment in ('hflip', 'official_notesafe'):
-        flip = (torch.rand(len(idx), generator=generator, device=generator.device if generator is not None else 'cpu') < 0.5).to(dev)
+        flip = _draw(generator, dev, len(idx)) < 0.5
         img = torch.where(flip[:, None, None, None], img.flip(-1), img)
         msk = torch.where(flip[:, None, None, None], msk.flip(-1), msk)
         nid = torch.where(flip, s.mirror_idx[nid], nid)

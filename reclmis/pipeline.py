@@ -413,5 +413,4 @@ def plot_curves(history: list[dict], path, title: str = ''):
     for k in [k for k in history[0] if k.startswith('train_')]: a.plot(ep, [h[k] for h in history], label=k[6:])
     a.set_xlabel('epoch'); a.set_title('training losses'); a.legend(fontsize=7); a.set_yscale('log')
     b.plot(ep, [h['val_dice'] for h in history], 'o-'); b.set_xlabel('epoch'); b.set_title('validation Dice (official, hard)')
-    fig.suptitle(title, fontsize=9); fig.tight_layout(); Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path); plt.close(fig)
+    fig.suptitle(title, fontsize=9); fig.tight_layout(); save_figure(fig, path); plt.close(fig)

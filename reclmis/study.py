@@ -21,25 +21,32 @@ UPTAKE_VARIANTS = {
 
 _RUN = r'''
 import json, sys
+from pathlib import Path
 from reclmis.core import from_dict, check_params, Params
 from reclmis import pipeline as pl
-root, d = sys.argv[1], json.loads(sys.argv[2])
+root, ds, model, d = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 p = check_params(from_dict(Params, d))
-t = pl.train_stage('synth', 'reclmis', p, root, progress=False)
-m = pl.evaluate_stage('synth', 'reclmis', p, root)
-print(json.dumps({'train': {k: v for k, v in t.items() if k != 'fingerprint'}, 'metrics': m}))
+t = pl.train_stage(ds, model, p, root, progress=False)
+pa = pl.paths(root, ds, model)
+best = Path(pa['ckpt']) / 'best.pt'
+if not pa['metrics'].exists() or pa['metrics'].stat().st_mtime < best.stat().st_mtime: pl.evaluate_stage(ds, model, p, root)
+print(json.dumps({'train': {k: v for k, v in t.items() if k != 'fingerprint'}, 'metrics': json.loads(pa['metrics'].read_text())}))
 '''
+
+def _run(root: Path, dataset: str, model: str, params: dict, tag: str) -> dict:
+    "Train (resumable) and evaluate (unless its metrics are newer than its best checkpoint) `model` under `root` in a subprocess."
+    t0 = time.time()
+    r = subprocess.run([sys.executable, '-c', _RUN, str(root), dataset, model, json.dumps(params)], capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f"study run {tag} failed:\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1]); out['wall_s'] = round(time.time() - t0, 1)
+    return out
 
 def _one(base: Path, data_root: Path, params: dict, tag: str) -> dict:
     "Train and evaluate RecLMIS in a fresh folder sharing `data_root`'s prepared data and text features."
     root = base / tag
     (root / 'build').mkdir(parents=True, exist_ok=True)
     shutil.copytree(data_root / 'build' / 'synth', root / 'build' / 'synth', ignore=shutil.ignore_patterns('unet', 'reclmis', 'lvit', 'tmca'))
-    t0 = time.time()
-    r = subprocess.run([sys.executable, '-c', _RUN, str(root), json.dumps(params)], capture_output=True, text=True)
-    if r.returncode: raise RuntimeError(f"study run {tag} failed:\n{r.stderr[-3000:]}")
-    out = json.loads(r.stdout.strip().splitlines()[-1]); out['wall_s'] = round(time.time() - t0, 1)
-    return out
+    return _run(root, 'synth', 'reclmis', params, tag)
 
 def text_uptake_study(p: Params, seeds=(3407, 1, 7), variants: dict | None = None, parallel: int = 2, out=None,
                       root=None) -> dict:
@@ -94,20 +101,6 @@ def uptake_table(path) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/22_study.ipynb #aug0ex01
-_RUN_ONE = r'''
-import json, sys
-from pathlib import Path
-from reclmis.core import from_dict, check_params, Params
-from reclmis import pipeline as pl
-root, ds, model, d = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-p = check_params(from_dict(Params, d))
-t = pl.train_stage(ds, model, p, root, progress=False)
-pa = pl.paths(root, ds, model)
-best = Path(pa['ckpt']) / 'best.pt'
-if not pa['metrics'].exists() or pa['metrics'].stat().st_mtime < best.stat().st_mtime: pl.evaluate_stage(ds, model, p, root)
-print(json.dumps({'train': {k: v for k, v in t.items() if k != 'fingerprint'}, 'metrics': json.loads(pa['metrics'].read_text())}))
-'''
-
 def _study_row(train: dict, m: dict, source: str) -> dict:
     h = train['history']
     return {'source': source, 'test_dice_a': m['dice_a'], 'ci': [m['dice_a_ci_low'], m['dice_a_ci_high']], 'iou_a': m['iou_a'],
@@ -147,12 +140,9 @@ def augment_study(p: Params, dataset: str = 'qata', model: str = 'reclmis', reci
         rd = run_root / 'results' / dataset; rd.mkdir(parents=True, exist_ok=True)
         for k in ('text_json', 'data_json'): shutil.copy(src[k], rd / Path(src[k]).name)
         d = asdict(p); d['datasets'][dataset]['overrides'].setdefault('train', {})['augment'] = r
-        t0 = time.time()
-        res = subprocess.run([sys.executable, '-c', _RUN_ONE, str(run_root), dataset, model, json.dumps(d)], capture_output=True, text=True)
-        if res.returncode: raise RuntimeError(f"augmentation study run {r} failed:\n{res.stderr[-3000:]}")
-        o = json.loads(res.stdout.strip().splitlines()[-1])
+        o = _run(run_root, dataset, model, d, f'augment {r}')
         rows[r] = _study_row(o['train'], o['metrics'], str(run_root.relative_to(root)))
-        print(f"{r}: test Dice A {100 * rows[r]['test_dice_a']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+        print(f"{r}: test Dice A {100 * rows[r]['test_dice_a']:.2f} ({o['wall_s']:.0f} s)", flush=True)
     q = resolve(p, dataset, model)
     result = {'study': f'augmentation recipes, {model} on {dataset}', 'date': time.strftime('%Y-%m-%d'), 'dataset': dataset,
               'model': model, 'seed': q.run.seed, 'configured': configured, 'train': asdict(q.train), 'data': asdict(q.datasets[dataset]), 'recipes': rows}
