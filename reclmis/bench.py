@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from .compute import count_macs, count_flops_torch, latency
+from .core import machine
 
 # %% auto #0
-__all__ = ['BENCH_MODELS', 'paper_model', 'machine', 'bench_one', 'train_throughput', 'run_bench', 'speedup_table', 'bench_table',
+__all__ = ['BENCH_MODELS', 'paper_model', 'bench_one', 'train_throughput', 'run_bench', 'speedup_table', 'bench_table',
            'train_speedups', 'main']
 
 # %% ../nbs/21_bench.ipynb #fff046e2
@@ -28,20 +29,6 @@ def paper_model(name: str, size: int = 224, width: int = 64, aux: bool = False):
     if name == 'lvit': return LViT(3, size, 768, width=width), 768
     if name == 'tmca': return TMCA(3, size, 512, width=width, align_dim=128, aux=aux), 512
     raise ValueError(f"unknown model {name!r}; known: {', '.join(BENCH_MODELS)}")
-
-def machine() -> dict:
-    "What the numbers were measured on."
-    cpu = platform.processor() or ''
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
-    except OSError: pass
-    out = {'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
-           'python': platform.python_version(), 'platform': platform.platform()}
-    if torch.cuda.is_available():
-        out.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                   gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1))
-    return out
 
 def _inputs(text_dim, B, size, device, L=18):
     x = torch.rand(B, 3, size, size, device=device)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #37560586
 from __future__ import annotations
-import dataclasses, hashlib, json, os, random, types, typing
+import dataclasses, hashlib, json, os, platform, random, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,11 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'save_figure', 'RunParams', 'FetchParams',
-           'SynthParams', 'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams', 'TMCAParams', 'ModelParams',
-           'TextParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'Params', 'from_dict', 'check_params',
-           'load_params', 'dataset_params', 'resolve', 'fingerprint', 'seed_everything', 'get_device']
+__all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'palette_image', 'save_figure', 'machine',
+           'RunParams', 'FetchParams', 'SynthParams', 'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams',
+           'TMCAParams', 'ModelParams', 'TextParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'Params',
+           'from_dict', 'check_params', 'load_params', 'dataset_params', 'resolve', 'fingerprint', 'seed_everything',
+           'get_device']
 
 # %% ../nbs/00_core.ipynb #b638d659
 class ParamsError(ValueError):
@@ -36,14 +37,55 @@ def project_root(start: str | Path | None = None) -> Path:
                             "run from inside the reclmis checkout or set RECLMIS_ROOT.")
 
 # %% ../nbs/00_core.ipynb #savefig2
-def save_figure(fig, path, dpi: int = 110, colors: int = 256) -> Path:
-    "Save a matplotlib figure to `path` as a palette PNG of `colors` colours (no dithering); creates the folder."
+def palette_image(rgb, colors: int = 256, grey_levels: int = 64, grey_tol: int = 2):
+    """An RGB image (PIL or uint8 [H,W,3]) as a palette ('P') image: `grey_levels` evenly spaced greys for the pixels whose
+    channels differ by at most `grey_tol` (nearest grey, within 255 / (2 (grey_levels - 1)) levels), median-cut colours
+    (the other `colors - grey_levels` entries) for the rest, each mapped to its nearest palette colour."""
+    from PIL import Image
+    if not 2 <= grey_levels < colors <= 256: raise ValueError(f"need 2 <= grey_levels < colors <= 256, got {grey_levels} and {colors}")
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8: raise ValueError(f"expected uint8 [H,W,3] RGB, got {a.dtype} {list(a.shape)}")
+    flat = a.reshape(-1, 3).astype(np.int32)
+    grey = (flat.max(1) - flat.min(1)) <= grey_tol
+    idx = np.empty(len(flat), np.uint8)
+    idx[grey] = np.rint(flat[grey].mean(1) * (grey_levels - 1) / 255)
+    greys = np.rint(np.arange(grey_levels) * 255 / (grey_levels - 1)).astype(np.int32)
+    pal = np.repeat(greys[:, None], 3, 1)
+    if (~grey).any():
+        col, k = flat[~grey], colors - grey_levels
+        q = Image.fromarray(col.astype(np.uint8)[None]).quantize(k, method=Image.Quantize.MEDIANCUT)
+        cp = np.array(q.getpalette()[:3 * k], np.int32).reshape(-1, 3)
+        u, inv = np.unique(col, axis=0, return_inverse=True)       # map each distinct colour once, in chunks
+        near = np.concatenate([((u[i:i + 4096, None] - cp[None]) ** 2).sum(-1).argmin(1) for i in range(0, len(u), 4096)])
+        idx[~grey] = grey_levels + near[inv.ravel()]
+        pal = np.concatenate([pal, cp])
+    out = Image.fromarray(idx.reshape(a.shape[:2]), 'P'); out.putpalette(pal.astype(np.uint8).ravel().tolist())
+    return out
+
+def save_figure(fig, path, dpi: int = 110, colors: int = 256, grey_levels: int = 64) -> Path:
+    "Save a matplotlib figure to `path` as a palette PNG (`palette_image`: exact-ish greys, median-cut colours); creates the folder."
     import io
     from PIL import Image
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO(); fig.savefig(buf, dpi=dpi, format='png'); buf.seek(0)
-    Image.open(buf).convert('RGB').quantize(colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+    palette_image(Image.open(buf).convert('RGB'), colors, grey_levels).save(path, optimize=True)
     return path
+
+# %% ../nbs/00_core.ipynb #4140bd36
+def machine() -> dict:
+    "What a result was measured on: CPU model and count, torch threads and version, Python, platform, and the GPU if any."
+    import torch
+    cpu = platform.processor() or ''
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
+    except OSError: pass
+    out = {'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
+           'python': platform.python_version(), 'platform': platform.platform()}
+    if torch.cuda.is_available():
+        out.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
+                   gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1))
+    return out
 
 # %% ../nbs/00_core.ipynb #1c46b941
 @dataclass

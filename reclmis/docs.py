@@ -105,7 +105,7 @@ def link_attrs_to_html(md: str) -> str:
     return _re_link_attrs.sub(one, md)
 
 def clean_nb(nb):
-    "Make a (processed or raw) notebook ready for nbconvert: drop execution metadata, front matter -> title, apply and strip `#|` directives."
+    "Make a (processed or raw) notebook ready for nbconvert: drop execution metadata and papermill's parameter cells, front matter -> title, apply and strip `#|` directives."
     nb.metadata.pop('execution', None)
     cells = []
     for c in nb.cells:
@@ -121,6 +121,7 @@ def clean_nb(nb):
             d = _directives(src)
             if 'hide' in d or 'default_exp' in d or d.get('include') == 'false': continue
             tags = set(c.metadata.get('tags', []))
+            if tags & {'parameters', 'injected-parameters'}: continue   # papermill's plumbing, not documentation
             if d.get('echo') == 'false': tags.add('remove_input')
             if d.get('output') == 'false': c.outputs = []
             c.source = '\n'.join(l for l in src.splitlines() if not _re_dir.match(l)).strip('\n')

@@ -209,7 +209,7 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     out = {'dataset': dataset, 'model': model, 'device': device.type, 'params': counts['total'],
            'params_inference': counts['inference'], 'text_encoder': q.text.encoder if model in TEXT_MODELS else None,
            'best_val_dice': st['best_dice'], 'best_epoch': st['best_epoch'] + 1, 'epochs_run': len(st['history']),
-           'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'], 'fingerprint': fp}
+           'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'], 'fingerprint': fp, 'machines': st.get('machines', [])}
     if not st['done']: print(f"time limit (train.max_minutes) after epoch {len(st['history'])} of {q.train.epochs}: run `reclmis train {dataset} {model}` again to resume")
     pa['train_json'].parent.mkdir(parents=True, exist_ok=True)
     pa['train_json'].write_text(json.dumps(out, indent=1))

@@ -25,10 +25,17 @@ def _params(t: dict) -> str:
     tot, inf = t.get('params', 0), t.get('params_inference', t.get('params', 0))
     return f'{tot:,}' if tot == inf else f'{tot:,} / {inf:,}'
 
+def _machine(m: dict, t: dict) -> str:
+    "Where a result was trained: the device, with the CPU or GPU, torch threads and version of each run that trained (`core.machine`)."
+    dev = t.get('device', m.get('device', '?'))
+    def one(mc): return f"{mc.get('gpu') or mc.get('cpu', '?') + ', ' + str(mc.get('torch_threads', '?')) + ' threads'}, torch {mc.get('torch', '?').split('+')[0]}"
+    runs = list(dict.fromkeys(one(mc) for mc in t.get('machines', [])))
+    return f"{dev} ({'; '.join(runs)})" if runs else dev
+
 def results_table(results_dir='results') -> str:
     "A markdown table: one row per (dataset, model) with protocol A/B metrics (in %), the 95% CI of Dice A and training facts."
     hdr = ('| dataset | model | Dice A (95% CI) | IoU A | Dice B | IoU B | class-mean IoU | test images | size (run/metric) '
-           '| params (total / inference) | text encoder | epochs (best) | train time | device |\n|' + '---|' * 14)
+           '| params (total / inference) | text encoder | epochs (best) | train time | trained on |\n|' + '---|' * 14)
     lines = [hdr]
     for ds, model, m, t in _rows(results_dir):
         ci = f" ({100 * m['dice_a_ci_low']:.1f}-{100 * m['dice_a_ci_high']:.1f})" if 'dice_a_ci_low' in m else ''
@@ -36,7 +43,7 @@ def results_table(results_dir='results') -> str:
         lines.append(f"| {ds} | {model} | {100 * m['dice_a']:.2f}{ci} | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | "
                      f"{100 * m['iou_b']:.2f} | {100 * m['miou_class']:.2f} | {m['n_images']} ({m['n_empty_target']} empty) | "
                      f"{m.get('img_size', '?')}/{m.get('eval_size', '?')} | {_params(t)} | {t.get('text_encoder') or '-'} | "
-                     f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s | {m.get('device', '?')} |")
+                     f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s | {_machine(m, t)} |")
     return '\n'.join(lines) if len(lines) > 1 else '_No results yet: run `dvc repro`._'
 
 def text_gap_table(results_dir='results', baseline: str = 'unet', n_boot: int = 2000, seed: int = 0) -> str:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import TrainParams, fingerprint
+from .core import TrainParams, fingerprint, machine
 from .dataset import Split, batches, get_batch
 
 # %% auto #0
@@ -116,7 +116,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         live_dir=None, run_fingerprint: str = '', progress: bool = True, meta: dict | None = None) -> dict:
     """Train `model` on `train`, select on `val`, checkpoint to `out_dir/{last,best}.pt`, resume from `last.pt`
     when its params fingerprint matches. `meta` (e.g. how to rebuild the model) is stored in `best.pt` as `spec`.
-    Returns the final state (best_dice, best_epoch, epochs_run, history).
+    Returns the final state (best_dice, best_epoch, epochs_run, history, machines: `core.machine()` of each run that trained).
 
     GPU path: the splits live on the device as uint8, batch order and flips are drawn by a generator on the device,
     losses are accumulated on the device and read once per epoch (`train.sync_every`), optional channels-last memory
@@ -142,6 +142,9 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
             print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice {state['best_dice']:.4f} at epoch {state['best_epoch'] + 1})")
         else:
             print(f"{last} was made with other params (fingerprint {ck_state.get('fingerprint')} != {fp}); starting afresh")
+    if not state['done'] and state['epoch'] + 1 < cfg.epochs:     # this run trains: record where (once per machine in a row)
+        ms = state.setdefault('machines', [])
+        if not ms or ms[-1] != machine(): ms.append(machine())
     live = None
     if live_dir is not None:
         from dvclive import Live

@@ -4,17 +4,18 @@
 # torch but without reclmis's smaller dependencies, warm for ~30 s between calls).
 #
 # Here (once, ~5 min on 2 cores):  bash scripts/gpu_session.sh pack [mirror]
-#   -> .carry/q1 .. .carry/q5 (git-ignored): the QaTa-COV19 mirror in five parts that each fit one call beside the
-#      tracked tree, plus (in q1) the wheels the machine lacks and the frozen text features of qata_full.
+#   -> .carry/q1 .. .carry/q6 (git-ignored): the QaTa-COV19 mirror in six parts that each fit one call beside the
+#      tracked tree (up to ~19 MB of it), plus (in q1) the wheels the machine lacks and the frozen text features of qata_full.
 # There (one `run` per line, each naming its part in `carry`, issued back to back so the machine stays warm):
 #   1. carry [.carry/q1]  bash scripts/gpu_session.sh setup bench     (wheels, GPU facts, `reclmis bench --device cuda`)
 #   2. carry [.carry/q2]  bash scripts/gpu_session.sh setup
 #   3. carry [.carry/q3]  bash scripts/gpu_session.sh setup
 #   4. carry [.carry/q4]  bash scripts/gpu_session.sh setup
-#   5. carry [.carry/q5]  bash scripts/gpu_session.sh setup full 2.5   (fetch, prepare, U-Net and RecLMIS 2.5 min each, evaluate;
-#                         about 8 of the 10 minutes a command may run)
-#   6. (if time is left)  bash scripts/gpu_session.sh setup full 2.5   (resumes both from their checkpoints)
-# Budget: start ~1.5 min + bench ~3 + four small calls ~2 + call 5 ~8.5 = about the 15 min a session gets.
+#   5. carry [.carry/q5]  bash scripts/gpu_session.sh setup
+#   6. carry [.carry/q6]  bash scripts/gpu_session.sh setup full 2.5   (fetch, prepare, U-Net and RecLMIS 2.5 min each, evaluate;
+#                         about 8 of the 10 minutes a command may run; q6 is the smallest part, so this call starts fastest)
+#   7. (if time is left)  bash scripts/gpu_session.sh setup full 2.5   (resumes both from their checkpoints)
+# Budget: start ~1.5 min + bench ~3 + five small calls ~2.5 + call 6 ~8 = about the 15 min a session gets.
 # Everything comes back under $OUT (at most 8 files): bench-<gpu>.json, qata_full.tar (results/qata_full/*), logs.
 # Back here:  tar xf <files_at>/qata_full.tar -C results/ && cp <files_at>/bench-*.json results/ && dvc repro report docs
 #
@@ -27,7 +28,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 SITE=/tmp/reclmis-site
 LIMIT=$((64 * 1024 * 1024))
 PARTS=("MANIFEST.json qata-train-000.tar" "annotation.json qata-train-001.tar" "qata-train-002.tar"
-       "qata-train-003.tar qata-valid-000.tar qata-test-001.tar" "qata-test-000.tar")   # q1 also takes the wheels and text features
+       "qata-valid-000.tar qata-test-001.tar" "qata-test-000.tar" "qata-train-003.tar")   # q1 also takes the wheels and text features
 WHEELS="openai-clip==1.0.1 ftfy==6.3.1 wcwidth==0.9.4 thop==0.1.1.post2209072238"
 
 die() { echo "gpu_session: $*" >&2; exit 2; }
@@ -37,7 +38,7 @@ pack() {
   local mirror=${1:-../shared/data}
   [ -f "$mirror/qata-cov19/MANIFEST.json" ] || die "no QaTa-COV19 mirror at $mirror/qata-cov19 (MANIFEST.json missing); pass the mirror folder"
   mkdir -p .carry; git check-ignore -q .carry/ || die ".carry is not git-ignored; it must not be committed"
-  rm -rf .carry/q1 .carry/q2 .carry/q3 .carry/q4 .carry/q5
+  rm -rf .carry/q[0-9]*
   local i=1
   for part in "${PARTS[@]}"; do
     mkdir -p ".carry/q$i/qata-cov19"
@@ -55,7 +56,7 @@ pack() {
   cp results/qata_full/text.json .carry/q1/text/text.json
   [ -n "$had_results" ] || rm -rf results/qata_full   # the stages' by-products: no qata_full results here yet
   local tree; tree=$(tree_bytes)
-  for i in 1 2 3 4 5; do
+  for i in $(seq 1 ${#PARTS[@]}); do
     local b; b=$(du -cb ".carry/q$i" | tail -1 | cut -f1)
     echo "call $i: carry .carry/q$i $((b / 1000000)) MB + tracked tree $((tree / 1000000)) MB = $(((b + tree) / 1000000)) MB (limit $((LIMIT / 1000000)) MB)"
     [ $((b + tree)) -lt $((LIMIT - 1000000)) ] || die "part q$i with the tracked tree exceeds the 64 MiB per call"
