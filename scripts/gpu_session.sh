@@ -5,7 +5,8 @@
 #
 # Here (once, ~5 min on 2 cores):  bash scripts/gpu_session.sh pack [mirror]
 #   -> .carry/q1 .. .carry/q6 (git-ignored): the QaTa-COV19 mirror in six parts that each fit one call beside the
-#      tracked tree (up to ~19 MB of it), plus (in q1) the wheels the machine lacks and the frozen text features of qata_full.
+#      tracked tree (up to ~19 MB of it), plus the wheels the machine lacks (q1, for the benchmark) and the frozen text
+#      features of qata_full (q6, the call that trains).
 # There (one `run` per line, each naming its part in `carry`, issued back to back so the machine stays warm):
 #   1. carry [.carry/q1]  bash scripts/gpu_session.sh setup bench     (wheels, GPU facts, `reclmis bench --device cuda`)
 #   2. carry [.carry/q2]  bash scripts/gpu_session.sh setup
@@ -28,7 +29,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 SITE=/tmp/reclmis-site
 LIMIT=$((64 * 1024 * 1024))
 PARTS=("MANIFEST.json qata-train-000.tar" "annotation.json qata-train-001.tar" "qata-train-002.tar"
-       "qata-valid-000.tar qata-test-001.tar" "qata-test-000.tar" "qata-train-003.tar")   # q1 also takes the wheels and text features
+       "qata-valid-000.tar qata-test-001.tar" "qata-test-000.tar" "qata-train-003.tar")   # q1 also takes the wheels, q6 the text features
 WHEELS="openai-clip==1.0.1 ftfy==6.3.1 wcwidth==0.9.4 thop==0.1.1.post2209072238"
 
 die() { echo "gpu_session: $*" >&2; exit 2; }
@@ -51,9 +52,10 @@ pack() {
   .venv/bin/reclmis fetch qata_full
   .venv/bin/reclmis prepare qata_full
   .venv/bin/reclmis encode qata_full
-  mkdir -p .carry/q1/text
-  cp -r build/qata_full/text/. .carry/q1/text/
-  cp results/qata_full/text.json .carry/q1/text/text.json
+  local last=.carry/q${#PARTS[@]}
+  mkdir -p $last/text
+  cp -r build/qata_full/text/. $last/text/
+  cp results/qata_full/text.json $last/text/text.json
   [ -n "$had_results" ] || rm -rf results/qata_full   # the stages' by-products: no qata_full results here yet
   local tree; tree=$(tree_bytes)
   for i in $(seq 1 ${#PARTS[@]}); do
@@ -107,13 +109,15 @@ full() {
   for f in .carry/q*/qata-cov19/*; do ln -sf "$ROOT/$f" /tmp/reclmis-mirror/qata-cov19/; done
   local P=/tmp/reclmis-params.yaml; params_file "$minutes" $P
   local log="$OUT/full.log"
+  local txt; txt=$(ls -d .carry/q*/text 2>/dev/null | head -1)
+  [ -n "$txt" ] || die "no frozen text features under .carry/q*/text: carry the part that holds them (pack puts them in the last)"
   {
     if [ ! -f build/qata_full/prepared/test.npz ] || [ -n "${GPU_SESSION_DRYRUN:-}" ]; then   # once per machine
       env_py -m reclmis.cli --params $P fetch qata_full
       env_py -m reclmis.cli --params $P prepare qata_full
     fi
     mkdir -p build/qata_full/text results/qata_full
-    cp -r .carry/q1/text/. build/qata_full/text/
+    cp -r "$txt"/. build/qata_full/text/
     mv build/qata_full/text/text.json results/qata_full/text.json
     for m in unet reclmis; do
       env_py -m reclmis.cli --params $P train qata_full $m
