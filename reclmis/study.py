@@ -41,17 +41,18 @@ def _run(root: Path, dataset: str, model: str, params: dict, tag: str) -> dict:
     out = json.loads(r.stdout.strip().splitlines()[-1]); out['wall_s'] = round(time.time() - t0, 1)
     return out
 
-def _one(base: Path, data_root: Path, params: dict, tag: str) -> dict:
-    "Train and evaluate RecLMIS in a fresh folder sharing `data_root`'s prepared data and text features."
+def _one(base: Path, data_root: Path, params: dict, tag: str, model: str = 'reclmis') -> dict:
+    "Train and evaluate `model` in a fresh folder sharing `data_root`'s prepared data and text features."
     root = base / tag
     (root / 'build').mkdir(parents=True, exist_ok=True)
     shutil.copytree(data_root / 'build' / 'synth', root / 'build' / 'synth', ignore=shutil.ignore_patterns('unet', 'reclmis', 'lvit', 'tmca'))
-    return _run(root, 'synth', 'reclmis', params, tag)
+    return _run(root, 'synth', model, params, tag)
 
 def text_uptake_study(p: Params, seeds=(3407, 1, 7), variants: dict | None = None, parallel: int = 2, out=None,
-                      root=None) -> dict:
-    """Train RecLMIS on the embedded default for every variant x seed (`parallel` runs at a time, one CPU thread each);
-    write and return {'variants': {name: [per-seed results]}, 'blind_dice': ..., 'params': ...}."""
+                      root=None, baseline: str | None = 'unet') -> dict:
+    """Train RecLMIS on the embedded default for every variant x seed, and the text-free `baseline` once per seed
+    (`parallel` runs at a time, one CPU thread each); write and return
+    {'variants': {name: [per-seed results]}, 'baseline': {'model', 'runs'}, 'blind_dice': ..., 'params': ...}."""
     from reclmis import pipeline as pl
     variants = variants or UPTAKE_VARIANTS
     root = Path(root or project_root())
@@ -65,20 +66,25 @@ def text_uptake_study(p: Params, seeds=(3407, 1, 7), variants: dict | None = Non
         for i, (name, over) in enumerate(variants.items()):
             for s in seeds:
                 q = json.loads(json.dumps(d)); q['run']['seed'] = s; q['model']['reclmis'].update(over)
-                jobs.append((name, s, q, f'v{i}_s{s}'))
+                jobs.append((name, s, q, f'v{i}_s{s}', 'reclmis'))
+        if baseline:
+            for s in seeds:
+                q = json.loads(json.dumps(d)); q['run']['seed'] = s
+                jobs.append((None, s, q, f'b_s{s}', baseline))
         with ThreadPoolExecutor(parallel) as ex:
-            res = list(ex.map(lambda j: _one(base, data, j[2], j[3]), jobs))
-        table = {}
-        for (name, s, _, _), r in zip(jobs, res):
+            res = list(ex.map(lambda j: _one(base, data, j[2], j[3], j[4]), jobs))
+        table, base_runs = {}, []
+        for (name, s, _, _, _), r in zip(jobs, res):
             h = r['train']['history']
             up = next((e['epoch'] for e in h if e['val_dice'] > blind_val + 0.02), None)
-            table.setdefault(name, []).append({'seed': s, 'test_dice_a': r['metrics']['dice_a'], 'cf_dice_a': r['metrics'].get('cf_dice_a'),
-                                               'cf_dice_a_vs_orig': r['metrics'].get('cf_dice_a_vs_orig'),
-                                               'best_epoch': r['train']['best_epoch'], 'uptake_epoch': up,
-                                               'val_curve': [round(e['val_dice'], 4) for e in h], 'wall_s': r['wall_s']})
+            row = {'seed': s, 'test_dice_a': r['metrics']['dice_a'], 'cf_dice_a': r['metrics'].get('cf_dice_a'),
+                   'cf_dice_a_vs_orig': r['metrics'].get('cf_dice_a_vs_orig'), 'best_epoch': r['train']['best_epoch'],
+                   'uptake_epoch': up, 'val_curve': [round(e['val_dice'], 4) for e in h], 'wall_s': r['wall_s']}
+            (base_runs if name is None else table.setdefault(name, [])).append(row)
         result = {'study': 'text uptake of RecLMIS on the embedded default', 'date': time.strftime('%Y-%m-%d'),
                   'blind_val_dice': blind_val, 'blind_test_dice': st['splits']['test']['blind_dice'], 'seeds': list(seeds),
                   'threads_per_run': 1, 'train': asdict(p.train), 'model': asdict(p.model.reclmis), 'variants': table}
+        if baseline: result['baseline'] = {'model': baseline, 'runs': base_runs}
         out = Path(out or root / 'results' / 'studies' / 'text_uptake.json')
         out.parent.mkdir(parents=True, exist_ok=True); out.write_text(json.dumps(result, indent=1))
         return result
@@ -98,6 +104,17 @@ def uptake_table(path) -> str:
         cf = [r['cf_dice_a'] for r in rows if r['cf_dice_a'] is not None]
         lines.append(f"| {name} | {' / '.join(f'{100 * x:.1f}' for x in dice)} | {100 * sum(dice) / len(dice):.1f} | "
                      f"{100 * sum(cf) / max(len(cf), 1):.1f} | {' / '.join(str(r['uptake_epoch'] or 'never') for r in rows)} |")
+    b = d.get('baseline')
+    if b:
+        bd = {r['seed']: r['test_dice_a'] for r in b['runs']}; cf = [r['cf_dice_a'] for r in b['runs'] if r['cf_dice_a'] is not None]
+        lines.append(f"| text-free baseline ({b['model']}) | {' / '.join(f'{100 * bd[s]:.1f}' for s in d['seeds'] if s in bd)} | "
+                     f"{100 * sum(bd.values()) / len(bd):.1f} | {100 * sum(cf) / max(len(cf), 1):.1f} | - |")
+        gaps = []
+        for name, rows in d['variants'].items():
+            g = [100 * (r['test_dice_a'] - bd[r['seed']]) for r in rows if r['seed'] in bd]
+            if g: gaps.append(f"{name}: {sum(g) / len(g):+.1f} (per seed {' / '.join(f'{x:+.1f}' for x in g)}; "
+                              f"{sum(x > 0 for x in g)} of {len(g)} seeds ahead)")
+        lines += ['', 'Gap to the text-free baseline trained with the same seed, in Dice points: ' + '; '.join(gaps) + '.']
     return '\n'.join(lines)
 
 # %% ../nbs/22_study.ipynb #aug0ex01
