@@ -37,7 +37,7 @@ def _main(argv=None):
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
     s = sub.add_parser('study', help='controlled studies written to results/studies/ (text-uptake: RecLMIS init x seeds; augment: augmentation recipes)')
-    s.add_argument('name', choices=['text-uptake', 'augment']); s.add_argument('--seeds', nargs='*', type=int, default=[3407, 1, 7])
+    s.add_argument('name', choices=['text-uptake', 'augment']); s.add_argument('--seeds', nargs='*', type=int, default=[3407, 1, 7, 2, 3, 4, 5, 6])
     s.add_argument('--dataset', default='qata', help='augment: the dataset (prepared and encoded)')
     s.add_argument('--model', default='reclmis', help='augment: the model')
     s.add_argument('--recipes', nargs='*', default=['none', 'hflip', 'official', 'official_notesafe'], help='augment: the recipes')

@@ -48,7 +48,7 @@ def _one(base: Path, data_root: Path, params: dict, tag: str, model: str = 'recl
     shutil.copytree(data_root / 'build' / 'synth', root / 'build' / 'synth', ignore=shutil.ignore_patterns('unet', 'reclmis', 'lvit', 'tmca'))
     return _run(root, 'synth', model, params, tag)
 
-def text_uptake_study(p: Params, seeds=(3407, 1, 7), variants: dict | None = None, parallel: int = 2, out=None,
+def text_uptake_study(p: Params, seeds=(3407, 1, 7, 2, 3, 4, 5, 6), variants: dict | None = None, parallel: int = 2, out=None,
                       root=None, baseline: str | None = 'unet') -> dict:
     """Train RecLMIS on the embedded default for every variant x seed, and the text-free `baseline` once per seed
     (`parallel` runs at a time, one CPU thread each); write and return
