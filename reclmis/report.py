@@ -28,8 +28,11 @@ def _params(t: dict) -> str:
 def _machine(m: dict, t: dict) -> str:
     "Where a result was trained: the device, with the CPU or GPU, torch threads and version of each run that trained (`core.machine`)."
     dev = t.get('device', m.get('device', '?'))
-    def one(mc): return f"{mc.get('gpu') or mc.get('cpu', '?') + ', ' + str(mc.get('torch_threads', '?')) + ' threads'}, torch {mc.get('torch', '?').split('+')[0]}"
-    runs = list(dict.fromkeys(one(mc) for mc in t.get('machines', [])))
+    runs = []
+    for mc in t.get('machines', []):
+        where = mc.get('gpu') or f"{mc.get('cpu', '?')}, {mc.get('torch_threads', '?')} threads"
+        runs.append(f"{where}, torch {mc.get('torch', '?').split('+')[0]}")
+    runs = list(dict.fromkeys(runs))                  # one entry per distinct machine
     return f"{dev} ({'; '.join(runs)})" if runs else dev
 
 def results_table(results_dir='results') -> str:

@@ -143,8 +143,8 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         else:
             print(f"{last} was made with other params (fingerprint {ck_state.get('fingerprint')} != {fp}); starting afresh")
     if not state['done'] and state['epoch'] + 1 < cfg.epochs:     # this run trains: record where (once per machine in a row)
-        ms = state.setdefault('machines', [])
-        if not ms or ms[-1] != machine(): ms.append(machine())
+        ms, here = state.setdefault('machines', []), machine()
+        if not ms or ms[-1] != here: ms.append(here)
     live = None
     if live_dir is not None:
         from dvclive import Live
