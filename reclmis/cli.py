@@ -18,58 +18,61 @@ def main(argv=None):
     except (ParamsError, DataError, FileNotFoundError, RuntimeError) as e:   # RuntimeError: a checkpoint that does not fit
         print(f"reclmis: error: {e}", file=sys.stderr); return 2
 
-def _main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='reclmis', description='reclmis pipeline steps (dvc repro runs them all)')
     ap.add_argument('--params', default=None, help='params file (default: the project params.yaml)')
+    ap.add_argument('--study', default=None, help='train/evaluate: the run belongs to this study of studies/dvc.yaml '
+                    '(runs under build/studies/<study>, results/studies/<study>; data under build/studies)')
+    ap.add_argument('--studies', action='store_true', help='fetch/prepare/encode: the study pipeline\'s data (build/studies)')
     sub = ap.add_subparsers(dest='cmd', required=True)
     for c in ('fetch', 'prepare', 'encode'): sub.add_parser(c).add_argument('dataset')
     for c in ('train', 'evaluate'):
-        s = sub.add_parser(c); s.add_argument('dataset'); s.add_argument('model')
+        s = sub.add_parser(c); s.add_argument('dataset'); s.add_argument('model', help='a model or a variant name')
+        s.add_argument('--seed', type=int, default=None, help='training seed (default: the first of run.seeds)')
     s = sub.add_parser('docs'); s.add_argument('--out', default='_docs')
     s = sub.add_parser('predict', help='segment an image from a note with a trained checkpoint; writes mask + overlay PNGs')
     s.add_argument('image'); s.add_argument('--note', default=None, help='the clinical note (text models need one)')
     s.add_argument('--model', default='reclmis'); s.add_argument('--dataset', default='synth')
-    s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/ckpt/best.pt')
+    s.add_argument('--seed', type=int, default=None, help='the run\'s training seed (default: the first of run.seeds)')
+    s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/s<seed>/ckpt/best.pt')
     s.add_argument('--out', default='predictions'); s.add_argument('--device', default='cpu')
     s = sub.add_parser('bench', help='efficiency benchmark of every model at the paper size; writes results/bench-<device>.json')
     s.add_argument('--device', default='auto'); s.add_argument('--models', nargs='*', default=None)
     s.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of the command')
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
-    s = sub.add_parser('study', help='controlled studies written to results/studies/ (text-uptake: RecLMIS init x seeds; augment: augmentation recipes)')
-    s.add_argument('name', choices=['text-uptake', 'augment']); s.add_argument('--seeds', nargs='*', type=int, default=[3407, 1, 7, 2, 3, 4, 5, 6])
-    s.add_argument('--dataset', default='qata', help='augment: the dataset (prepared and encoded)')
-    s.add_argument('--model', default='reclmis', help='augment: the model')
-    s.add_argument('--recipes', nargs='*', default=['none', 'hflip', 'official', 'official_notesafe'], help='augment: the recipes')
-    s.add_argument('--parallel', type=int, default=2)
-    a = ap.parse_args(argv)
-    if a.cmd == 'study' and a.name == 'augment':
-        from reclmis.study import augment_study, augment_table
-        augment_study(load_params(a.params), a.dataset, a.model, tuple(a.recipes))
-        print(augment_table(project_root() / f'results/studies/augment_{a.dataset}.json')); return 0
-    if a.cmd == 'study':
-        from reclmis.study import text_uptake_study, uptake_table
-        from reclmis.core import resolve
-        text_uptake_study(resolve(load_params(a.params), 'synth'), tuple(a.seeds), parallel=a.parallel)
-        print(uptake_table(project_root() / 'results/studies/text_uptake.json')); return 0
+    s = sub.add_parser('studies', help='summaries of the study pipeline\'s runs (results/studies/*.json), as tables')
+    s.add_argument('--out', default='results/studies')
+    return ap
+
+def _main(argv=None):
+    a = _parser().parse_args(argv)
+    if a.cmd == 'studies':
+        from reclmis.study import write_summaries
+        for path, table in write_summaries(load_params(a.params), a.out).items(): print(f'{path}\n{table}\n')
+        return 0
     if a.cmd == 'bench':
         from reclmis.bench import run_bench, bench_table, speedup_table, BENCH_MODELS
         out = run_bench(a.device, tuple(a.models or BENCH_MODELS), a.out, a.quick, speedups=not a.no_speedups)
         print(bench_table(out)); print(speedup_table(out)); print(out); return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
-        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device)
+        seed = a.seed if a.seed is not None else load_params(a.params).run.seeds[0]
+        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=seed)
         print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}"); return 0
     from reclmis import pipeline as pl
     if a.cmd == 'docs':
         from reclmis.docs import build_site
         print(build_site(out=a.out, proc=False, extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'})); return 0
     p = load_params(a.params)   # unknown dataset names are refused by the stage functions (core.resolve)
-    if a.cmd == 'fetch': df = pl.fetch_stage(a.dataset, p); print(df.groupby('split').size().to_string())
-    elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p), indent=1))
-    elif a.cmd == 'encode': print(json.dumps(pl.encode_stage(a.dataset, p), indent=1))
-    elif a.cmd == 'train': r = pl.train_stage(a.dataset, a.model, p); print({k: v for k, v in r.items() if k != 'history'})
-    elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p), indent=1))
+    data = '' if a.studies or a.study else None
+    if a.cmd == 'fetch': df = pl.fetch_stage(a.dataset, p, study=data); print(df.groupby('split').size().to_string())
+    elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p, study=data), indent=1))
+    elif a.cmd == 'encode': print(json.dumps(pl.encode_stage(a.dataset, p, study=data), indent=1))
+    elif a.cmd == 'train':
+        r = pl.train_stage(a.dataset, a.model, p, seed=a.seed, study=a.study)
+        print({k: v for k, v in r.items() if k != 'history'})
+    elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study), indent=1))
     return 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m reclmis.cli (no console script)

@@ -15,9 +15,9 @@ import yaml
 # %% auto #0
 __all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'palette_image', 'save_figure', 'machine',
            'RunParams', 'FetchParams', 'SynthParams', 'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams',
-           'TMCAParams', 'ModelParams', 'TextParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'Params',
-           'from_dict', 'check_params', 'load_params', 'dataset_params', 'resolve', 'fingerprint', 'seed_everything',
-           'get_device']
+           'TMCAParams', 'ModelParams', 'TextParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'VariantParams',
+           'StudyParams', 'Params', 'from_dict', 'check_params', 'load_params', 'dataset_params', 'base_model',
+           'resolve', 'fingerprint', 'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #b638d659
 class ParamsError(ValueError):
@@ -91,16 +91,18 @@ def machine() -> dict:
 @dataclass
 class RunParams:
     datasets: list[str] = field(default_factory=lambda: ['synth'])  # datasets the pipeline runs (a dvc matrix axis)
-    models: list[str] = field(default_factory=lambda: ['unet'])     # models the pipeline trains (a dvc matrix axis)
+    models: list[str] = field(default_factory=lambda: ['unet'])     # models or `variants` the pipeline trains (a dvc matrix axis)
+    seeds: list[int] = field(default_factory=lambda: [3407])      # training seeds, one run each (a dvc matrix axis)
+    study_datasets: list[str] = field(default_factory=lambda: ['synth'])  # datasets the study pipeline prepares (studies/dvc.yaml)
     device: str = 'auto'       # auto | cpu | cuda
     threads: int = 2           # torch CPU threads (0 = torch's default)
-    seed: int = 3407           # official RecLMIS seed
+    seed: int = 3407           # data and statistics seed: subsets, counterfactual notes, bootstrap (official RecLMIS seed)
     amp: str = 'bf16'          # autocast dtype on CUDA: bf16 | fp16 | none (CPU always runs fp32)
     live: bool = True          # dvclive training logs under results/<ds>/<model>/live (false: a machine without dvclive; train.json keeps the curves)
 
 @dataclass
 class FetchParams:
-    source: str = '../shared/data'   # a local mirror folder holding <mirror>/MANIFEST.json, or 'upstream'
+    source: str = 'upstream'   # 'upstream' (the public repositories at pinned commits) or a local mirror holding <mirror>/MANIFEST.json
     download_dir: str = 'build/downloads'  # where 'upstream' keeps the pinned archives
 
 @dataclass
@@ -255,6 +257,24 @@ class ReportParams:
     title: str = 'reclmis results'
 
 @dataclass
+class VariantParams:
+    "A named model variant: a base model (one of MODELS) plus overrides of its `model.<base>` keys and of `train`/`text`."
+    base: str = 'reclmis'       # the model the variant starts from
+    model: dict = field(default_factory=dict)   # overrides of model.<base>, e.g. {cvr: false}
+    train: dict = field(default_factory=dict)   # overrides of train, e.g. {augment: official}
+    text: dict = field(default_factory=dict)    # overrides of text
+    doc: str = ''               # one line: what the variant changes and why
+
+@dataclass
+class StudyParams:
+    "One study of the study pipeline (studies/dvc.yaml): datasets x models (or variants) x seeds at a thread count."
+    datasets: list[str] = field(default_factory=lambda: ['synth'])
+    models: list[str] = field(default_factory=lambda: ['unet'])
+    seeds: list[int] = field(default_factory=lambda: [3407])
+    threads: int = 2            # torch CPU threads of every run of the study (results are reproducible at a fixed count)
+    doc: str = ''
+
+@dataclass
 class Params:
     run: RunParams = field(default_factory=RunParams)
     fetch: FetchParams = field(default_factory=FetchParams)
@@ -265,6 +285,8 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
+    variants: dict[str, VariantParams] = field(default_factory=dict)  # named model variants (base + overrides)
+    studies: dict[str, StudyParams] = field(default_factory=dict)     # the study pipeline's grids (studies/dvc.yaml)
 
 # %% ../nbs/00_core.ipynb #20e7f923
 MODELS = ('unet', 'reclmis', 'lvit', 'tmca')  # model names the pipeline knows
@@ -276,9 +298,10 @@ _SCALARS = {'int': int, 'float': float, 'str': str, 'bool': bool, 'dict': dict}
 def _check_leaf(key: str, ann: str, v):
     "Check value `v` of dotted `key` against the annotation string `ann`; return the (converted) value."
     ann = ann.replace(' ', '')
-    if ann == 'list[str]':
-        if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
-            raise ParamsError(f"params key '{key}' must be a list of strings, got {v!r}")
+    if ann in ('list[str]', 'list[int]'):
+        el = str if ann == 'list[str]' else int
+        if not (isinstance(v, list) and v and all(isinstance(x, el) and not isinstance(x, bool) for x in v)):
+            raise ParamsError(f"params key '{key}' must be a non-empty list of {el.__name__}s, got {v!r}")
         return v
     typ = _SCALARS[ann]
     if typ is float and isinstance(v, str):
@@ -308,13 +331,30 @@ def from_dict(cls, d: dict, prefix: str = ''):
         else: kw[k] = _check_leaf(key, known[k].type if isinstance(known[k].type, str) else t.__name__, v)
     return cls(**kw)
 
-def check_params(p: Params) -> Params:
-    "Cross-field checks: known model and dataset names, known enum values."
-    for m in p.run.models:
-        if m not in MODELS: raise ParamsError(f"unknown model '{m}' in params key 'run.models'; known models: {', '.join(MODELS)}")
-    for d in p.run.datasets:
+def _check_runs(p: Params, key: str, datasets, models, dkey: str | None = None):
+    "Every dataset and model (or variant) named under `key` is defined."
+    for m in models:
+        if m not in MODELS and m not in p.variants:
+            raise ParamsError(f"unknown model '{m}' in params key '{key}.models'; known models: {', '.join(MODELS)}; "
+                              f"variants: {', '.join(p.variants) or 'none'}")
+    for d in datasets:
         if d not in p.datasets:
-            raise ParamsError(f"unknown dataset '{d}' in params key 'run.datasets'; datasets defined under 'datasets': {', '.join(p.datasets)}")
+            raise ParamsError(f"unknown dataset '{d}' in params key '{dkey or key + '.datasets'}'; datasets defined under 'datasets': "
+                              f"{', '.join(p.datasets)}")
+
+def check_params(p: Params) -> Params:
+    "Cross-field checks: known model, variant, dataset and study names, known enum values."
+    _check_runs(p, 'run', p.run.datasets, p.run.models)
+    _check_runs(p, 'run', p.run.study_datasets, [], 'run.study_datasets')
+    for n, v in p.variants.items():
+        if n in MODELS: raise ParamsError(f"params key 'variants.{n}': a variant may not take a model's name")
+        if v.base not in MODELS:
+            raise ParamsError(f"params key 'variants.{n}.base' is '{v.base}'; must be one of {', '.join(MODELS)}")
+    for n, s in p.studies.items():
+        _check_runs(p, f'studies.{n}', s.datasets, s.models)
+        if set(s.datasets) - set(p.run.study_datasets):
+            raise ParamsError(f"params key 'studies.{n}.datasets' names {sorted(set(s.datasets) - set(p.run.study_datasets))}, "
+                              "which the study pipeline does not prepare: add them to 'run.study_datasets'")
     for n, ds in p.datasets.items():
         if ds.kind not in DATASET_KINDS:
             raise ParamsError(f"params key 'datasets.{n}.kind' is '{ds.kind}'; must be one of {', '.join(DATASET_KINDS)}")
@@ -356,12 +396,30 @@ def dataset_params(p: Params, dataset: str) -> DatasetParams:
         raise ParamsError(f"unknown dataset '{dataset}'; defined under 'datasets' in params.yaml: {', '.join(p.datasets)}")
     return p.datasets[dataset]
 
-def resolve(p: Params, dataset: str, model: str | None = None) -> Params:
-    "The effective params for `dataset` (and `model`): the dataset's `overrides` merged over the global sections."
+def base_model(p: Params, model: str) -> str:
+    "The model class behind `model`: itself for one of MODELS, the `base` of a variant; unknown names are a ParamsError."
+    if model in MODELS: return model
+    if model in p.variants: return p.variants[model].base
+    raise ParamsError(f"unknown model '{model}'; known models: {', '.join(MODELS)}; variants: {', '.join(p.variants) or 'none'}")
+
+def _study(q: Params, study: str | None) -> Params:
+    "Apply `study`'s run settings (its thread count) to the effective params `q`."
+    if study is None: return q
+    if study not in q.studies:
+        raise ParamsError(f"unknown study '{study}'; defined under 'studies' in params.yaml: {', '.join(q.studies) or 'none'}")
+    q.run.threads = q.studies[study].threads
+    return q
+
+def resolve(p: Params, dataset: str, model: str | None = None, study: str | None = None) -> Params:
+    """The effective params for `dataset` (and `model`, in `study`): the dataset's `overrides` merged over the global
+    sections, then the variant's overrides (when `model` names a variant), then the study's thread count."""
     dataset_params(p, dataset)
-    if model is not None and model not in MODELS: raise ParamsError(f"unknown model '{model}'; known models: {', '.join(MODELS)}")
     d = _merge(asdict(p), p.datasets[dataset].overrides)
-    return check_params(from_dict(Params, d))
+    if model is None or base_model(p, model) == model: return _study(check_params(from_dict(Params, d)), study)
+    v = p.variants[model]
+    d = _merge(d, {'model': {v.base: v.model}, 'train': v.train, 'text': v.text})
+    try: return _study(check_params(from_dict(Params, d)), study)
+    except ParamsError as e: raise ParamsError(f"in variant '{model}' (params key 'variants.{model}'): {e}") from e
 
 def fingerprint(obj) -> str:
     "A short stable hash of a (nested) dataclass or dict, used to match checkpoints to the params that made them."

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import os
 from .core import (Params, ParamsError, DataError, load_params, resolve, dataset_params, project_root, seed_everything,
-                          get_device, fingerprint, MODELS, save_figure)
+                          get_device, fingerprint, MODELS, save_figure, base_model)
+from .graph import code_hash
 from .dataset import make_split, save_split, load_split, batches, get_batch, Split
 from .data import sha256_file, subset
 
@@ -22,26 +24,34 @@ __all__ = ['SPLITS', 'TEXT_MODELS', 'paths', 'fetch_stage', 'prepare_stage', 'co
            'evaluate_stage', 'plot_overlays', 'plot_counterfactual', 'plot_curves']
 
 # %% ../nbs/08_pipeline.ipynb #285f2a1e
-def paths(root, dataset: str, model: str | None = None) -> dict:
-    "Every file a stage reads or writes, in one place."
-    root = Path(root); b, r = root / 'build' / dataset, root / 'results' / dataset
+def paths(root, dataset: str, model: str | None = None, seed: int | None = None, study: str | None = None) -> dict:
+    """Every file a stage reads or writes, in one place. Data: `build/<ds>`, `results/<ds>` (`build/studies/<ds>`,
+    `results/studies/<ds>` when `study` is given, '' for the study pipeline's data stages). A run of `model` (a model
+    or variant name) with `seed`: `build/<ds>/<model>/s<seed>`, `results/<ds>/<model>/s<seed>` (under `studies/<study>/`)."""
+    root = Path(root); sp = ('studies',) if study is not None else ()
+    b, r = root.joinpath('build', *sp, dataset), root.joinpath('results', *sp, dataset)
     d = dict(raw=b / 'raw', index=b / 'index.csv', prepared=b / 'prepared', data_json=r / 'data.json',
              notes=b / 'prepared' / 'notes.json', test_cf=b / 'prepared' / 'test_cf.npz', bank=b / 'text' / 'bank.pt',
              text_json=r / 'text.json')
     if model:
-        d.update(ckpt=b / model / 'ckpt', pred=b / model / 'pred_test.npz', results=r / model, live=r / model / 'live',
-                 train_json=r / model / 'train.json', metrics=r / model / 'metrics.json', per_image=r / model / 'per_image.csv',
-                 overlays=r / model / 'overlays.png', curves=r / model / 'curves.png', cf_png=r / model / 'counterfactual.png',
-                 panel=r / model / 'panel.npz')
+        if seed is None: raise ValueError("paths: a run needs its `seed` (one of run.seeds)")
+        if study: b, r = root / 'build' / 'studies' / study / dataset, root / 'results' / 'studies' / study / dataset
+        rb, rr = b / model / f's{seed}', r / model / f's{seed}'
+        d.update(ckpt=rb / 'ckpt', results=rr, live=rr / 'live', train_json=rr / 'train.json', metrics=rr / 'metrics.json',
+                 per_image=rr / 'per_image.csv', overlays=rr / 'overlays.png', curves=rr / 'curves.png',
+                 cf_png=rr / 'counterfactual.png', panel=rr / 'panel.npz', train_nb=rr / 'train.ipynb',
+                 evaluate_nb=rr / 'evaluate.ipynb')
     return d
 
 # %% ../nbs/08_pipeline.ipynb #c8bd67e8
 SPLITS = ('train', 'val', 'test')
 _SYNTH_SEED_OFFSET = {'train': 0, 'val': 1, 'test': 2}
 
-def fetch_stage(dataset: str, p: Params, root=None) -> pd.DataFrame:
-    "Materialise `dataset`'s raw files under build/<ds>/raw and write its index (image, mask, split, note, sha256, mask_pixels)."
-    root = Path(root or project_root()); pa = paths(root, dataset); ds = dataset_params(p, dataset)
+def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) -> pd.DataFrame:
+    """Materialise `dataset`'s raw files under build/<ds>/raw and write its index (image, mask, split, note, sha256,
+    mask_pixels). `$RECLMIS_DATA_MIRROR`, when set, is a local mirror read instead of `fetch.source`: every file is
+    checked against the same pinned sha256, so the data (and every result) is the same whichever source served it."""
+    root = Path(root or project_root()); pa = paths(root, dataset, study=study); ds = dataset_params(p, dataset)
     if ds.kind == 'synth':
         from reclmis.synth import make_synth, write_synth
         sp, rows = p.synth, []
@@ -58,7 +68,8 @@ def fetch_stage(dataset: str, p: Params, root=None) -> pd.DataFrame:
         df = pd.DataFrame(rows)
     else:
         from reclmis.data import fetch, index_qata, index_lvit
-        fetch(ds.mirror, p.fetch.source, pa['raw'], root / p.fetch.download_dir if p.fetch.source == 'upstream' else None)
+        source = os.environ.get('RECLMIS_DATA_MIRROR') or p.fetch.source
+        fetch(ds.mirror, source, pa['raw'], root / p.fetch.download_dir if source == 'upstream' else None)
         df = index_qata(pa['raw']) if ds.kind == 'qata' else index_lvit(pa['raw'])
     pa['index'].parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(pa['index'], index=False)
@@ -67,9 +78,9 @@ def fetch_stage(dataset: str, p: Params, root=None) -> pd.DataFrame:
 # %% ../nbs/08_pipeline.ipynb #2e3c8042
 def _bits(zs) -> int: return sum(1 << int(z) for z in zs)
 
-def prepare_stage(dataset: str, p: Params, root=None) -> dict:
+def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) -> dict:
     "Decode build/<ds>/raw into build/<ds>/prepared/{train,val,test}.npz; write results/<ds>/data.json (counts, stats)."
-    root = Path(root or project_root()); pa = paths(root, dataset); ds = dataset_params(p, dataset)
+    root = Path(root or project_root()); pa = paths(root, dataset, study=study); ds = dataset_params(p, dataset)
     if not pa['index'].exists(): raise DataError(f"index {pa['index']} not found; run `dvc repro fetch@{dataset}` first")
     df = pd.read_csv(pa['index'], keep_default_na=False)
     stats = {'dataset': dataset, 'kind': ds.kind, 'img_size': ds.img_size, 'eval_size': ds.eval_size or ds.img_size, 'splits': {}}
@@ -125,10 +136,10 @@ def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] |
                       [(names[i] if names else f'{i:05d}.png') for i in keep], masks_orig=s.masks[keep])
 
 # %% ../nbs/08_pipeline.ipynb #e580b6cf
-def encode_stage(dataset: str, p: Params, root=None, progress: bool = True) -> dict:
+def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, study: str | None = None) -> dict:
     "Encode the unique notes of `dataset` (from prepared/notes.json) once; write the text bank and results/<ds>/text.json."
     from reclmis.text import make_text_encoder, encode_notes, check_text_encoder
-    root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset); t = q.text
+    root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset, study=study); t = q.text
     check_text_encoder(t.encoder)                      # a params error first, before any file is read
     if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro prepare@{dataset}` first")
     notes = sorted({n for ns in json.loads(pa['notes'].read_text()).values() for n in ns})
@@ -187,30 +198,42 @@ def _with_text(model: str, split: Split, pa: dict, bank=None):
     bank = bank or TextBank.load(pa['bank'])
     return attach_text(split, bank), bank
 
-def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool = True) -> dict:
-    "Train `model` on `dataset` with the effective params; resumable; writes results/<ds>/<model>/train.json."
+def _run(p: Params, dataset: str, model: str, seed: int | None, study: str | None):
+    "The effective params, the base model name and the seed of one run (the first of `run.seeds` when `seed` is None)."
+    q = resolve(p, dataset, model, study)
+    seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else seed
+    return q, base_model(p, model), int(seed)
+
+def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool = True, seed: int | None = None,
+                study: str | None = None) -> dict:
+    """Train `model` (a model or variant name) on `dataset` with the effective params and training `seed`; resumable;
+    writes results/<ds>/<model>/s<seed>/train.json. The fingerprint that matches a checkpoint to its run covers the
+    params, the seed and the source of every module the training imports (`graph.code_hash`)."""
     from reclmis.train import fit
     from reclmis.unet import n_params
-    root = Path(root or project_root()); q = resolve(p, dataset, model); pa = paths(root, dataset, model)
+    root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
+    pa = paths(root, dataset, model, seed, study)
     device = get_device(q.run.device, q.run.threads)
-    seed_everything(q.run.seed)
+    seed_everything(seed)
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
-    tr, bank = _with_text(model, tr, pa); va, _ = _with_text(model, va, pa, bank)
+    tr, bank = _with_text(base, tr, pa); va, _ = _with_text(base, va, pa, bank)
     in_ch, text_dim = tr.images.shape[1], bank.dim if bank else 0
-    net = build_model(model, q, in_ch, q.datasets[dataset].img_size, text_dim)
-    spec = model_spec(model, q, dataset, in_ch, text_dim, bank.meta if bank else None)
-    fp = fingerprint({'train': q.train, 'model': getattr(q.model, model, None), 'data': q.datasets[dataset], 'synth': q.synth,
-                      'seed': q.run.seed, 'model_name': model, 'n_train': len(tr),
-                      'text': asdict(q.text) if model in TEXT_MODELS else None})
+    net = build_model(base, q, in_ch, q.datasets[dataset].img_size, text_dim)
+    spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model, 'seed': seed}
+    fp = fingerprint({'train': q.train, 'model': getattr(q.model, base, None), 'data': q.datasets[dataset], 'synth': q.synth,
+                      'seed': seed, 'model_name': base, 'n_train': len(tr), 'code': code_hash(),
+                      'text': asdict(q.text) if base in TEXT_MODELS else None})
     t0 = time.time()
-    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=q.run.seed, live_dir=pa['live'] if q.run.live else None,
+    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=seed, live_dir=pa['live'] if q.run.live else None,
              run_fingerprint=fp, progress=progress, meta=spec)
     counts = net.n_params() if hasattr(net, 'n_params') else {'total': n_params(net), 'inference': n_params(net), 'aux': 0}
-    out = {'dataset': dataset, 'model': model, 'device': device.type, 'params': counts['total'],
-           'params_inference': counts['inference'], 'text_encoder': q.text.encoder if model in TEXT_MODELS else None,
+    out = {'dataset': dataset, 'model': model, 'base_model': base, 'seed': seed, 'study': study, 'device': device.type,
+           'params': counts['total'], 'params_inference': counts['inference'],
+           'text_encoder': q.text.encoder if base in TEXT_MODELS else None,
            'best_val_dice': st['best_dice'], 'best_epoch': st['best_epoch'] + 1, 'epochs_run': len(st['history']),
            'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'], 'fingerprint': fp, 'machines': st.get('machines', [])}
-    if not st['done']: print(f"time limit (train.max_minutes) after epoch {len(st['history'])} of {q.train.epochs}: run `reclmis train {dataset} {model}` again to resume")
+    if not st['done']: print(f"time limit (train.max_minutes) after epoch {len(st['history'])} of {q.train.epochs}: "
+                             f"run `reclmis train {dataset} {model} --seed {seed}` again to resume")
     pa['train_json'].parent.mkdir(parents=True, exist_ok=True)
     pa['train_json'].write_text(json.dumps(out, indent=1))
     return out
@@ -319,15 +342,16 @@ def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_di
     net.to(was)
     return out
 
-def evaluate_stage(dataset: str, model: str, p: Params, root=None) -> dict:
-    """Score the best checkpoint on the whole test split; write metrics.json, per_image.csv, overlays.png, curves.png,
-    and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
+def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None, study: str | None = None) -> dict:
+    """Score the best checkpoint of the run on the whole test split; write metrics.json, per_image.csv, panel.npz,
+    overlays.png, curves.png, and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
     from reclmis.metrics import MetricAccumulator, bootstrap_ci, dice_a, confusion_counts
-    root = Path(root or project_root()); q = resolve(p, dataset, model); pa = paths(root, dataset, model)
+    root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
+    pa = paths(root, dataset, model, seed, study)
     device = get_device(q.run.device, q.run.threads)
-    te, bank = _with_text(model, load_split(pa['prepared'] / 'test.npz'), pa)
+    te, bank = _with_text(base, load_split(pa['prepared'] / 'test.npz'), pa)
     text_dim = bank.dim if bank else 0
-    net = load_best(model, q, pa['ckpt'], te.images.shape[1], device, dataset, text_dim)
+    net = load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, text_dim)
     target = te.extra.get('masks_eval', te.masks)
     t0 = time.time()
     prob = predict_split(net, te, q.evaluate.batch_size, device, target.shape[-1], q.run.amp)
@@ -337,9 +361,9 @@ def evaluate_stage(dataset: str, model: str, p: Params, root=None) -> dict:
     m = acc.summary()
     lo, hi = bootstrap_ci(dice_a(acc.counts), n_boot=q.evaluate.n_boot, seed=q.run.seed)
     m.update(dice_a_ci_low=lo, dice_a_ci_high=hi, eval_size=int(target.shape[-1]), img_size=int(te.images.shape[-1]),
-             predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type)
-    m.update(counterfactual_eval(model, net, te, prob, acc, pa, q, device))
-    m.update(compute_profile(net, te, model, q, dataset, text_dim))
+             predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type, model=model, base_model=base, seed=seed)
+    m.update(counterfactual_eval(base, net, te, prob, acc, pa, q, device))
+    m.update(compute_profile(net, te, base, q, dataset, text_dim))
     pa['results'].mkdir(parents=True, exist_ok=True)
     pa['metrics'].write_text(json.dumps(m, indent=1))
     pick = panel_indices(te.names, q.evaluate.n_panel)
@@ -351,8 +375,6 @@ def evaluate_stage(dataset: str, model: str, p: Params, root=None) -> dict:
                         prob=(prob[pick].numpy() * 255).round().astype(np.uint8))
     df = acc.per_image(); df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
     df.to_csv(pa['per_image'], index=False)
-    pa['pred'].parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(pa['pred'], prob=(prob.numpy() * 255).round().astype(np.uint8))
     plot_overlays(te, prob, df.dice_a.to_numpy(), q.evaluate.n_overlays, pa['overlays'], title=f'{model} on {dataset} test')
     if pa['train_json'].exists(): plot_curves(json.loads(pa['train_json'].read_text())['history'], pa['curves'], f'{model} on {dataset}')
     return m

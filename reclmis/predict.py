@@ -80,9 +80,10 @@ def save_prediction(out: dict, out_dir, stem: str = 'prediction') -> dict:
     return {'mask': mp, 'overlay': op}
 
 def predict(image, note: str | None = None, ckpt=None, model: str = 'reclmis', dataset: str = 'synth', out_dir='predictions',
-            device: str = 'cpu') -> dict:
-    "Segment `image` from `note` with `ckpt` (default: the pipeline's `build/<dataset>/<model>/ckpt/best.pt`); write mask + overlay."
-    ckpt = Path(ckpt) if ckpt else project_root() / 'build' / dataset / model / 'ckpt' / 'best.pt'
+            device: str = 'cpu', seed: int = 3407) -> dict:
+    """Segment `image` from `note` with `ckpt` (default: the pipeline's `build/<dataset>/<model>/s<seed>/ckpt/best.pt`);
+    write mask + overlay."""
+    ckpt = Path(ckpt) if ckpt else project_root() / 'build' / dataset / model / f's{seed}' / 'ckpt' / 'best.pt'
     if not ckpt.exists(): raise FileNotFoundError(f"checkpoint {ckpt} not found: run `dvc repro` first, or pass --ckpt")
     out = Segmenter(ckpt, device)(image, note)
     stem = Path(image).stem if isinstance(image, (str, Path)) else 'prediction'
