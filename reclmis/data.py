@@ -82,7 +82,7 @@ def _check_agrees(m: dict, pinned: dict, mpath: Path):
             raise DataError(f"{mpath} gives sha256 {mf[k]} for {k} but reclmis pins {pf[k]}; {fix}")
 
 def verify_mirror(folder: str | Path, files: list[str] | None = None, pinned: dict | None = None) -> dict:
-    """Check the mirror `folder` (e.g. `../shared/data/qata-cov19`): its MANIFEST.json agrees with the pinned
+    """Check the mirror `folder` (e.g. `data/qata-cov19`): its MANIFEST.json agrees with the pinned
     manifest (`MANIFESTS[folder.name]` unless `pinned` is given) and every listed file (or only `files`) exists with
     the right sha256. Returns the mirror's manifest."""
     folder = Path(folder)

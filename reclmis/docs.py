@@ -279,6 +279,7 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
         return href, time.time() - t0, warning
 
     with ThreadPoolExecutor(max(1, workers)) as ex: results = list(ex.map(one, pages))
+    results += _run_pages(root, out, nav_html(title, [(s, l, '../' + h) for s, l, h in nav_items]), workers)
     shutil.rmtree(tmpd, ignore_errors=True)
     if index.exists() is False:
         _home_page(out/'index.html', title, nav_html(title, nav_items, 'index.html'), pages[1:])
@@ -287,6 +288,19 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
     if verbose:
         for h, dt, w in results: print(f'{h:28s} {dt:6.1f} s' + ('  WARNING: ' + w.strip().splitlines()[-1] if w else ''))
     return out
+
+def _run_pages(root: Path, out: Path, nav: str, workers: int = 2) -> list:
+    "Each run's executed stage notebooks (results/**/s<seed>/{train,evaluate}.ipynb) as pages under `out`/runs/."
+    from reclmis.report import run_page
+    nbs = sorted(f for f in (root / 'results').glob('**/s[0-9]*/*.ipynb') if f.stem in ('train', 'evaluate'))
+    def one(f):
+        href, t0 = run_page(f.parent, f.stem), time.time()
+        try: nb_to_html(f, out / href, nav, img_dir=f.parent)
+        except (OSError, ValueError, KeyError) as e:
+            w = f'{f} could not be converted: {type(e).__name__}: {e}'
+            _fallback_page(out / href, f.name, nav, w); return href, time.time() - t0, w
+        return href, time.time() - t0, None
+    with ThreadPoolExecutor(max(1, workers)) as ex: return list(ex.map(one, nbs))
 
 def _fallback_page(p: Path, label: str, nav: str, warning: str):
     p.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(label)}</title>{_CSS}</head><body>{nav}'

@@ -53,7 +53,8 @@ def code_hash(entries=('reclmis.pipeline',)) -> str:
 
 # %% ../nbs/23_graph.ipynb #6d59b32c
 CLI_ENTRIES = {'fetch': 'reclmis.pipeline', 'prepare': 'reclmis.pipeline', 'encode': 'reclmis.pipeline',
-               'train': 'reclmis.pipeline', 'evaluate': 'reclmis.pipeline', 'docs': 'reclmis.docs'}
+               'train': 'reclmis.pipeline', 'evaluate': 'reclmis.pipeline', 'docs': 'reclmis.docs',
+               'studies': 'reclmis.study'}
 
 def stage_code(cmd: str, root=None) -> list[str]:
     "The project files a stage command `cmd` runs: the notebook papermill executes and the modules it imports, or the CLI."

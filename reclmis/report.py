@@ -9,16 +9,40 @@ from pathlib import Path
 from .core import save_figure
 
 # %% auto #0
-__all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'results_table', 'text_gap_table', 'counterfactual_table',
-           'text_table', 'data_table', 'comparison_table', 'ranking_note', 'paper_table', 'what_differs',
-           'plot_comparison', 'plot_panel', 'figures']
+__all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'run_page', 'runs_table', 'results_table', 'text_gap_table',
+           'counterfactual_table', 'text_table', 'data_table', 'comparison_table', 'ranking_note', 'paper_table',
+           'what_differs', 'plot_comparison', 'plot_panel', 'figures']
 
 # %% ../nbs/09_report.ipynb #32211b01
+def _runs(results_dir):
+    "(dataset, model, seed, run folder) of every evaluated run under `results_dir` (`<ds>/<model>/s<seed>/metrics.json`)."
+    for m in sorted(Path(results_dir).glob('*/*/s[0-9]*/metrics.json')):
+        yield m.parent.parent.parent.name, m.parent.parent.name, int(m.parent.name[1:]), m.parent
+
 def _rows(results_dir):
-    for m in sorted(Path(results_dir).glob('*/*/metrics.json')):
-        ds, model = m.parent.parent.name, m.parent.name
-        t = m.parent / 'train.json'
-        yield ds, model, json.loads(m.read_text()), json.loads(t.read_text()) if t.exists() else {}
+    "(dataset, label, metrics, train.json) per run; the label is the model, with its seed where a model has several."
+    runs = list(_runs(results_dir))
+    n = {}
+    for ds, model, _, _ in runs: n[(ds, model)] = n.get((ds, model), 0) + 1
+    for ds, model, seed, d in runs:
+        t = d / 'train.json'
+        label = model if n[(ds, model)] == 1 else f'{model} s{seed}'
+        yield ds, label, json.loads((d / 'metrics.json').read_text()), json.loads(t.read_text()) if t.exists() else {}
+
+def run_page(run_dir, stage: str) -> str:
+    "The docs page name of a run's executed stage notebook (`results/<...>/s<seed>/<stage>.ipynb` -> `runs/<...>-<stage>.html`)."
+    parts = Path(run_dir).parts
+    rel = parts[parts.index('results') + 1:] if 'results' in parts else parts
+    return 'runs/' + '-'.join(rel) + f'-{stage}.html'
+
+def runs_table(results_dir='results') -> str:
+    "Every run under `results_dir` with its seed, test Dice A, and links to its executed train and evaluate notebooks."
+    lines = ['| dataset | model | seed | Dice A | executed notebooks |', '|' + '---|' * 5]
+    for ds, model, seed, d in _runs(results_dir):
+        m = json.loads((d / 'metrics.json').read_text())
+        links = ' / '.join(f'[{s}]({run_page(d, s)})' for s in ('train', 'evaluate') if (d / f'{s}.ipynb').exists())
+        lines.append(f"| {ds} | {model} | {seed} | {100 * m['dice_a']:.2f} | {links or '-'} |")
+    return '\n'.join(lines) if len(lines) > 2 else '_No runs yet._'
 
 def _params(t: dict) -> str:
     "total / inference-path parameters (the same number once when they are equal)."
@@ -55,14 +79,14 @@ def text_gap_table(results_dir='results', baseline: str = 'unet', n_boot: int = 
     import pandas as pd
     from reclmis.metrics import bootstrap_ci
     lines = ['| dataset | model | Dice A | baseline Dice A | gap (points) | paired 95% CI of the gap |', '|' + '---|' * 6]
-    for base in sorted(Path(results_dir).glob(f'*/{baseline}/per_image.csv')):
+    for base in sorted(Path(results_dir).glob(f'*/{baseline}/s[0-9]*/per_image.csv')):
         b = pd.read_csv(base)[['name', 'dice_a']]
-        for other in sorted(base.parent.parent.glob('*/per_image.csv')):
-            if other.parent.name == baseline: continue
+        for other in sorted(base.parent.parent.parent.glob(f'*/{base.parent.name}/per_image.csv')):
+            if other.parent.parent.name == baseline: continue
             o = pd.read_csv(other)[['name', 'dice_a']].merge(b, on='name', suffixes=('', '_base'))
             diff = 100 * (o.dice_a - o.dice_a_base).to_numpy()
             lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-            lines.append(f"| {base.parent.parent.name} | {other.parent.name} | {100 * o.dice_a.mean():.2f} | "
+            lines.append(f"| {base.parent.parent.parent.name} | {other.parent.parent.name} | {100 * o.dice_a.mean():.2f} | "
                          f"{100 * o.dice_a_base.mean():.2f} | {diff.mean():+.2f} | {lo:+.2f} to {hi:+.2f} |")
     return '\n'.join(lines) if len(lines) > 2 else '_No text model and baseline on the same dataset yet._'
 
@@ -105,7 +129,7 @@ def data_table(results_dir='results') -> str:
 MODEL_NAMES = {'unet': 'U-Net', 'reclmis': 'RecLMIS', 'lvit': 'LViT', 'tmca': 'TMCA (from its abstract)'}
 MODEL_ORDER = ('unet', 'lvit', 'reclmis', 'tmca')
 
-# published test Dice / IoU (protocol A), params, FLOPs as printed (RecLMIS Table 1 = method-spec §12; LViT README)
+# published test Dice / IoU (protocol A), params, FLOPs as printed (RecLMIS paper, arXiv 2404.02845, Table 1; LViT's README)
 PAPERS = {
     'qata': {'unet': (79.02, 69.46, '14.8 M', '50.3 G (batch 2)'), 'lvit': (83.66, 75.11, '29.7 M', '54.1 G (batch 2)'),
              'reclmis': (85.22, 77.00, '23.7 M', '24.1 G'), 'tmca': None},
@@ -162,13 +186,14 @@ def paper_table(results_dir='results', dataset='qata') -> str:
         lines[-1] += f"{100 * o['dice_a']:.2f} | {100 * o['iou_a']:.2f} |" if o else "not run | - |"
     return '\n'.join(lines)
 
-def what_differs(results_dir='results', dataset='qata') -> str:
-    "What separates our runs of `dataset` from the published ones, read from the run's own files (data, text, training)."
-    r = Path(results_dir) / dataset
-    if not (r / 'data.json').exists(): return ''
-    d = json.loads((r / 'data.json').read_text())
-    t = json.loads((r / 'text.json').read_text()) if (r / 'text.json').exists() else {}
-    tr = next((json.loads(f.read_text()) for f in sorted(r.glob('*/train.json'))), {})
+def what_differs(results_dir='results', dataset='qata', data_dir=None) -> str:
+    """What separates our runs of `dataset` from the published ones, read from the runs' own files (data and text
+    under `data_dir`, default `results_dir`; training under `results_dir`)."""
+    r, dd = Path(results_dir) / dataset, Path(data_dir or results_dir) / dataset
+    if not (dd / 'data.json').exists(): return ''
+    d = json.loads((dd / 'data.json').read_text())
+    t = json.loads((dd / 'text.json').read_text()) if (dd / 'text.json').exists() else {}
+    tr = next((json.loads(f.read_text()) for f in sorted(r.glob('*/s[0-9]*/train.json'))), {})
     sp = d['splits']
     parts = [f"training on {sp['train']['n']} of {sp['train']['available']} training images and selecting on {sp['val']['n']} of "
              f"{sp['val']['available']} validation images, all {sp['test']['n']} test images scored",
@@ -180,8 +205,11 @@ def what_differs(results_dir='results', dataset='qata') -> str:
 
 # %% ../nbs/09_report.ipynb #475a15b6
 def _per_image(results_dir, dataset):
+    "Per-image metrics of each model of `dataset` (its first seed)."
     import pandas as pd
-    return {f.parent.name: pd.read_csv(f) for f in sorted(Path(results_dir).glob(f'{dataset}/*/per_image.csv'))}
+    out = {}
+    for f in sorted(Path(results_dir).glob(f'{dataset}/*/s[0-9]*/per_image.csv')): out.setdefault(f.parent.parent.name, pd.read_csv(f))
+    return out
 
 def plot_comparison(results_dir='results', dataset='synth', path=None):
     "Two panels: test Dice A per model with its 95% bootstrap interval, and the per-image Dice A distributions."
@@ -207,7 +235,8 @@ def plot_comparison(results_dir='results', dataset='synth', path=None):
 def plot_panel(results_dir='results', dataset='synth', path=None):
     "Qualitative panel: for the same test images, the image with its note, the ground truth, and every model's prediction."
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; import textwrap, numpy as np
-    panels = {f.parent.name: np.load(f) for f in sorted(Path(results_dir).glob(f'{dataset}/*/panel.npz'))}
+    panels = {}
+    for f in sorted(Path(results_dir).glob(f'{dataset}/*/s[0-9]*/panel.npz')): panels.setdefault(f.parent.parent.name, np.load(f))
     models = _order(panels)
     if not models: return None
     ref = panels[models[0]]; n = len(ref['names'])
@@ -234,9 +263,10 @@ def plot_panel(results_dir='results', dataset='synth', path=None):
 FIGURES = (('curves.png', 'training curves'), ('overlays.png', 'test overlays'), ('counterfactual.png', 'counterfactual notes'))
 
 def figures(results_dir='results', kinds=None) -> list[tuple[str, Path]]:
-    "(title, path) of the per-model PNGs under results/<dataset>/<model>/ (`kinds`: file names to include, default all)."
+    "(title, path) of the per-run PNGs under results/<dataset>/<model>/s<seed>/ (`kinds`: file names to include, default all)."
     out = []
-    for d in sorted(p for p in Path(results_dir).glob('*/*') if p.is_dir()):
+    for d in sorted(p for p in Path(results_dir).glob('*/*/s[0-9]*') if p.is_dir()):
         for name, what in FIGURES:
-            if (kinds is None or name in kinds) and (d / name).exists(): out.append((f'{d.name} on {d.parent.name}: {what}', d / name))
+            if (kinds is None or name in kinds) and (d / name).exists():
+                out.append((f'{d.parent.name} ({d.name}) on {d.parent.parent.name}: {what}', d / name))
     return out

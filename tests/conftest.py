@@ -3,14 +3,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / 'shared' / 'data'
+SHARED = Path(os.environ.get('RECLMIS_DATA_MIRROR') or ROOT.parent / 'shared' / 'data')
 
 @pytest.fixture(scope='session')
 def root(): return ROOT
 
 @pytest.fixture(scope='session')
 def shared_data():
-    if not SHARED.exists(): pytest.fail(f"the offline data mirror {SHARED} is missing (CI keeps ../shared beside the clone)")
+    if not SHARED.exists(): pytest.fail(f"the offline data mirror {SHARED} is missing: set RECLMIS_DATA_MIRROR (CI keeps ../shared/data beside the clone)")
     return SHARED
 
 def run(cmd, cwd, check=True, env=None, timeout=900):

@@ -1,5 +1,6 @@
-"End to end: a tiny `dvc repro` in a fresh clone, a no-op second run, and `dvc exp run -S` listed by `dvc exp show`."
-import json, shutil
+"""End to end in a fresh clone: a tiny `dvc repro` (no-op second run), the dependency graph reacting to every module,
+a tiny study pipeline, `dvc exp run -S`, DVC's queue, and `reclmis predict`."""
+import json, shutil, time
 from pathlib import Path
 import yaml, pytest
 from conftest import run
@@ -7,50 +8,110 @@ from conftest import run
 TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
         'datasets': {'synth': {'img_size': 32}}, 'train': {'epochs': 2, 'batch_size': 16},
         'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}, 'lvit': {'width': 8}, 'tmca': {'width': 4, 'align_dim': 8}},
-        'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca']}, 'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2}}
+        'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca'], 'study_datasets': ['synth']},
+        'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
+        'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [3407], 'threads': 2},
+                    'uptake': {'datasets': ['synth'], 'models': ['reclmis', 'unet'], 'seeds': [1, 2], 'threads': 1},
+                    'augment': {'datasets': ['synth'], 'models': ['reclmis-hflip'], 'seeds': [3407], 'threads': 2}}}
+ENV = {}
 
 def _merge(a, b):
-    for k, v in b.items(): a[k] = _merge(a[k], v) if isinstance(v, dict) else v
+    for k, v in b.items(): a[k] = _merge(a[k], v) if isinstance(v, dict) and not k == 'studies' else v
     return a
 
 @pytest.fixture(scope='module')
 def clone(tmp_path_factory, root):
     d = tmp_path_factory.mktemp('clone') / 'reclmis'
     run(f'git clone -q {root} {d}', root)
-    for f in ('dvc.yaml', 'params.yaml'): shutil.copy(root / f, d / f)          # the working-tree versions
+    for f in ('dvc.yaml', 'params.yaml', 'studies/dvc.yaml'): shutil.copy(root / f, d / f)   # the working-tree versions
     for sub in ('nbs', 'reclmis'): shutil.rmtree(d / sub); shutil.copytree(root / sub, d / sub)
-    shutil.rmtree(d / 'results', ignore_errors=True); (d / 'dvc.lock').unlink(missing_ok=True)
+    shutil.rmtree(d / 'results', ignore_errors=True)
+    for f in ('dvc.lock', 'studies/dvc.lock'): (d / f).unlink(missing_ok=True)
     y = yaml.safe_load((d / 'params.yaml').read_text())
     (d / 'params.yaml').write_text(yaml.safe_dump(_merge(y, TINY), sort_keys=False))
     run('git config user.email t@t && git config user.name t && git add -A && git commit -qm tiny', d)
+    ENV['RECLMIS_ROOT'] = str(d)
     return d
 
+def _status(clone, target='dvc.yaml') -> dict:
+    return json.loads(run(f'dvc status {target} --json', clone, env=ENV).stdout or '{}')
+
 def test_repro_writes_everything_then_noop(clone):
-    run('dvc repro', clone, env={'RECLMIS_ROOT': str(clone)})
+    run('dvc repro', clone, env=ENV)
     for model in ('unet', 'reclmis', 'lvit', 'tmca'):     # every model through the dvc matrix
-        r = clone / 'results' / 'synth' / model
+        r = clone / 'results' / 'synth' / model / 's3407'
         m = json.loads((r / 'metrics.json').read_text())
         assert set(m) >= {'dice_a', 'iou_a', 'dice_b', 'iou_b', 'miou_class', 'cf_dice_a', 'cf_dice_a_vs_orig'}
-        for f in ('per_image.csv', 'overlays.png', 'curves.png', 'counterfactual.png', 'train.json'): assert (r / f).exists(), f
+        for f in ('per_image.csv', 'overlays.png', 'curves.png', 'counterfactual.png', 'train.json', 'panel.npz',
+                  'train.ipynb', 'evaluate.ipynb'): assert (r / f).exists(), f
     assert json.loads((clone / 'results/synth/text.json').read_text())['encoder'] == 'minilm'
     assert (clone / '_docs' / 'index.html').exists() and (clone / '_docs' / 'results.html').exists()
     page = (clone / '_docs' / 'results.html').read_text()
     assert 'Dice A' in page and 'Counterfactual notes' in page and 'paired 95% CI of the gap' in page
-    assert 'Model comparison' in page and 'TMCA (from its abstract)' in page and 'MACs/image, 224x224' in page
-    for f in ('synth_dice.png', 'synth_panel.png'): assert (clone / 'build/report/figures' / f).exists(), f
-    out = run('dvc repro', clone, env={'RECLMIS_ROOT': str(clone)}).stdout
+    assert 'runs/synth-reclmis-s3407-train.html' in page              # each run's executed notebook is linked ...
+    assert (clone / '_docs/runs/synth-reclmis-s3407-train.html').exists()   # ... and rendered
+    out = run('dvc repro', clone, env=ENV).stdout
     assert 'Running stage' not in out, out
-    shown = run('dvc metrics show --json', clone).stdout
-    assert 'dice_a' in shown
+    assert _status(clone) == {}
+    assert 'dice_a' in run('dvc metrics show --json', clone).stdout
+
+def test_every_module_edit_reaches_the_stages_that_run_it(clone):
+    "After `dvc repro`, editing any module under reclmis/ makes `dvc status` report every stage whose code imports it."
+    from reclmis.graph import stage_code
+    stages = yaml.safe_load((clone / 'dvc.yaml').read_text())['stages']
+    for f in sorted((clone / 'reclmis').glob('*.py')):
+        rel = f'reclmis/{f.name}'
+        users = {n for n, s in stages.items() if rel in stage_code(s['cmd'], clone)}
+        text = f.read_text()
+        f.write_text(text + '\n# touched by the dependency test\n')
+        try: st = _status(clone)
+        finally: f.write_text(text)
+        reported = {n.split('@')[0] for n in st}
+        assert users <= reported, f'editing {rel}: stages {sorted(users - reported)} not reported by dvc status'
+        if not users: assert not reported, f'{rel} is run by no stage, yet dvc status reports {sorted(reported)}'
+    assert _status(clone) == {}
+
+def test_study_pipeline(clone):
+    "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
+    run('dvc repro studies/dvc.yaml', clone, env=ENV)
+    base = clone / 'results/studies'
+    for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('uptake', 'synth', 'unet', 2),
+                                ('augment', 'synth', 'reclmis-hflip', 3407)):
+        r = base / st / ds / model / f's{seed}'
+        assert (r / 'metrics.json').exists() and (r / 'evaluate.ipynb').exists(), r
+    t = json.loads((base / 'uptake/synth/unet/s2/train.json').read_text())
+    assert t['seed'] == 2 and t['machines'][0]['torch_threads'] == 1         # the study's seed and thread count
+    assert json.loads((base / 'augment/synth/reclmis-hflip/s3407/train.json').read_text())['base_model'] == 'reclmis'
+    s = json.loads((base / 'summary.json').read_text())
+    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2] and len(s['uptake']['baseline']['runs']) == 2
+    assert set(s['augment']['recipes']) == {'none', 'hflip'}
+    pair = s['compare']['synth']['pairs'][0]
+    assert {pair['a'], pair['b']} == {'reclmis', 'unet'} and 'p_holm' in pair and s['compare']['synth']['ci_unit'] == 'image'
+    assert _status(clone, 'studies/dvc.yaml') == {}
+    lock = yaml.safe_load((clone / 'studies/dvc.lock').read_text())['stages']
+    assert 'evaluate-uptake@uptake-synth-unet-2' in lock
 
 def test_exp_run_with_set_param(clone):
     run('git add -A && git commit -qm results', clone)
-    run('dvc exp run -S train.epochs=1 -n one-epoch', clone, env={'RECLMIS_ROOT': str(clone)})
-    shown = run('dvc exp show --json', clone).stdout
-    assert 'one-epoch' in shown
-    t = json.loads((clone / 'results/synth/unet/train.json').read_text())
-    assert t['epochs_run'] == 1
+    run("dvc exp run -S train.epochs=1 -S 'run.seeds=[5]' -n one-epoch", clone, env=ENV)
+    assert 'one-epoch' in run('dvc exp show --json', clone).stdout
+    t = json.loads((clone / 'results/synth/unet/s5/train.json').read_text())
+    assert t['epochs_run'] == 1 and t['seed'] == 5
+    run('git checkout -q -- . && git clean -qfd results', clone)
 
+def test_queue_runs_experiments_in_parallel(clone):
+    "DVC's own queue: two queued experiments (other seeds), run by two workers, both listed by `dvc exp show`."
+    for s in (11, 12):
+        run(f"dvc exp run --queue -S 'run.seeds=[{s}]' -S 'run.models=[unet]' -S train.epochs=1 -n q{s}", clone, env=ENV)
+    run('dvc queue start -j 2', clone, env=ENV)
+    t0 = time.time()
+    while time.time() - t0 < 600:
+        st = run('dvc queue status', clone, env=ENV).stdout
+        if 'Queued' not in st and 'Running' not in st: break
+        time.sleep(5)
+    assert 'Failed' not in st, st + run('dvc queue logs q11', clone, check=False, env=ENV).stdout
+    shown = run('dvc exp show --json', clone).stdout
+    assert 'q11' in shown and 'q12' in shown, shown[-2000:]
 
 def test_predict_after_repro(clone, tmp_path):
     "The README's predict command works on a clean clone after `dvc repro`, and a note change moves the mask."
@@ -59,11 +120,11 @@ def test_predict_after_repro(clone, tmp_path):
              'bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.']
     outs = []
     for i, note in enumerate(notes):
-        r = run(f'reclmis predict {img} --note "{note}" --out {tmp_path}/p{i}', clone, env={'RECLMIS_ROOT': str(clone)})
+        r = run(f'reclmis predict {img} --note "{note}" --out {tmp_path}/p{i}', clone, env=ENV)
         assert 'overlay:' in r.stdout, r.stdout
         outs.append((tmp_path / f'p{i}' / '00000_mask.png').read_bytes())
         assert (tmp_path / f'p{i}' / '00000_overlay.png').exists()
-    r = run(f'reclmis predict {img} --out {tmp_path}/p', clone, check=False, env={'RECLMIS_ROOT': str(clone)})
+    r = run(f'reclmis predict {img} --out {tmp_path}/p', clone, check=False, env=ENV)
     assert r.returncode == 2 and 'reads the note' in r.stderr, r.stderr
     r = run(f'reclmis predict {img} --note x --ckpt {tmp_path}/none.pt', clone, check=False)
     assert r.returncode == 2 and 'none.pt' in r.stderr, r.stderr

@@ -23,13 +23,13 @@ def _keys(cls, prefix=''):
     for f in fields(cls):
         t = typing.get_type_hints(cls)[f.name]
         if is_dataclass(t): out |= _keys(t, f'{prefix}{f.name}.')
-        elif prefix or f.name != 'datasets': out.add(f'{prefix}{f.name}')
+        elif prefix or f.name not in ('datasets', 'variants', 'studies'): out.add(f'{prefix}{f.name}')
     return out
 
 def _yaml_keys(d, prefix=''):
     out = set()
     for k, v in d.items():
-        if k == 'datasets' and not prefix: continue
+        if k in ('datasets', 'variants', 'studies') and not prefix: continue
         if isinstance(v, dict): out |= _yaml_keys(v, f'{prefix}{k}.')
         else: out.add(f'{prefix}{k}')
     return out
@@ -40,6 +40,34 @@ def test_params_yaml_names_every_knob(root):
     assert _keys(Params) == _yaml_keys(y)
     p = load_params(root / 'params.yaml')
     assert p.run.datasets == ['synth'] and 'qata' in p.datasets
+    assert p.fetch.source == 'upstream', 'a user has no offline mirror: the default is the public download'
+    assert {'compare', 'uptake', 'augment'} <= set(p.studies) and 'reclmis-official-ci' in p.variants
+
+def test_stage_deps_cover_the_code_they_run(root):
+    "Every stage of both pipelines lists, as deps, every project file its command runs (from the import graph)."
+    from reclmis.graph import check_stage_deps
+    for f in ('dvc.yaml', 'studies/dvc.yaml'):
+        miss = {k: v for k, v in check_stage_deps(f, root).items() if v}
+        assert not miss, f"{f}: stages miss the code they run as deps (add them): {miss}"
+
+def test_committed_results_are_stage_outputs(root):
+    "Every metrics.json in git is an output recorded in a committed dvc.lock (default or study pipeline)."
+    tracked = run('git ls-files results', root).stdout.split()
+    outs = set()
+    for lock in ('dvc.lock', 'studies/dvc.lock'):
+        f = root / lock
+        if not f.exists(): continue
+        for st in (yaml.safe_load(f.read_text()) or {}).get('stages', {}).values():
+            outs |= {o['path'] for o in st.get('outs', [])}
+    metrics = [t for t in tracked if t.endswith('metrics.json')]
+    assert metrics, 'no committed metrics at all'
+    assert not [t for t in metrics if t not in outs], [t for t in metrics if t not in outs]
+
+def test_no_reference_outside_the_repository(root):
+    "Docs and code cite primary sources, never a file that only exists on the maintainers' machines."
+    hits = run("git grep -n -i -e 'method-spec' -e 'shared/data' -- nbs reclmis README.md params.yaml dvc.yaml studies", root,
+               check=False).stdout
+    assert not hits.strip(), hits
 
 def test_library_in_sync_with_notebooks(root, tmp_path):
     "nbdev_export on a copy of the notebooks reproduces reclmis/ byte for byte."
