@@ -102,7 +102,7 @@ EOF
 
 full() {
   local minutes=${1:?usage: full <minutes per model>}
-  if [ -n "${GPU_SESSION_DRYRUN:-}" ] && ls results/qata_full/*/metrics.json >/dev/null 2>&1; then
+  if [ -n "${GPU_SESSION_DRYRUN:-}" ] && ls results/qata_full/*/s*/metrics.json >/dev/null 2>&1; then
     die "a dry run would overwrite the qata_full results in results/qata_full; move them away first"
   fi
   mkdir -p /tmp/reclmis-mirror/qata-cov19

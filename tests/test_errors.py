@@ -100,3 +100,21 @@ def test_unknown_augmentation(root, tmp_path):
 def test_missing_text_features(tmp_path):
     from reclmis.text import TextBank
     with pytest.raises(DataError, match='encode stage'): TextBank.load(tmp_path / 'bank.pt')
+
+def test_bad_variant(root, tmp_path):
+    "A variant's base, its override keys and the studies' model and dataset names are checked, naming the key."
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['variants'].update(x={'base': 'segformer'})))
+    assert r.returncode == 2 and "'variants.x.base'" in r.stderr, r.stderr
+    r = _cli('train synth rec-x', root, _params(root, tmp_path, lambda y: y['variants'].update(
+        {'rec-x': {'base': 'reclmis', 'model': {'cvrr': False}}})))
+    assert r.returncode == 2 and "variants.rec-x" in r.stderr and "'model.reclmis.cvrr'" in r.stderr, r.stderr
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['studies']['uptake'].update(models=['unet', 'unet3d'])))
+    assert r.returncode == 2 and "'studies.uptake.models'" in r.stderr and 'unet3d' in r.stderr, r.stderr
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['run'].update(study_datasets=['synth'])))
+    assert r.returncode == 2 and "'run.study_datasets'" in r.stderr, r.stderr
+    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['run'].update(seeds=[])))
+    assert r.returncode == 2 and "'run.seeds' must be a non-empty list of ints" in r.stderr, r.stderr
+
+def test_unknown_study(root):
+    r = _cli('--study nosuch train synth unet', root)
+    assert r.returncode == 2 and "unknown study 'nosuch'" in r.stderr, r.stderr
