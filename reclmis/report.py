@@ -10,8 +10,8 @@ from .core import save_figure
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'run_page', 'runs_table', 'results_table', 'text_gap_table',
-           'counterfactual_table', 'text_table', 'data_table', 'comparison_table', 'ranking_note', 'paper_table',
-           'what_differs', 'plot_comparison', 'plot_panel', 'figures']
+           'counterfactual_table', 'text_table', 'data_table', 'probes_table', 'comparison_table', 'ranking_note',
+           'paper_table', 'what_differs', 'plot_comparison', 'plot_panel', 'figures']
 
 # %% ../nbs/09_report.ipynb #32211b01
 def _runs(results_dir):
@@ -124,6 +124,22 @@ def data_table(results_dir='results') -> str:
             bd = f"{100 * s['blind_dice']:.2f}" if 'blind_dice' in s else '-'
             lines.append(f"| {d['dataset']} | {split} | {s['n']} ({s['available']}) | {s['empty_masks']} | {s['unique_notes']} | {ds_} | {bd} |")
     return '\n'.join(lines)
+
+# %% ../nbs/09_report.ipynb #824ec34f
+def probes_table(results_dir='results') -> str:
+    """Per run with a `probes.json` (the `probe` stage): Dice A with the interval that resamples the independent unit,
+    HD95 / ASSD, and the text-use probes (null note, shuffled note, left/right swapped note)."""
+    f = lambda x: '-' if x is None else f'{100 * x:.2f}'
+    lines = ['| dataset | model | seed | Dice A (95% CI over units) | unit (n) | HD95 / ASSD, px (undefined) | null note | '
+             'shuffled note | L/R swapped (n): original -> swapped |', '|' + '---|' * 9]
+    for ds, model, seed, d in _runs(results_dir):
+        if not (d / 'probes.json').exists(): continue
+        r = json.loads((d / 'probes.json').read_text())
+        bd = f"{r['hd95']:.2f} / {r['assd']:.2f} ({r['hd95_undefined']})" if r.get('hd95') is not None else '-'
+        sw = (f"({r['text_swap_n']}) {f(r['text_swap_orig_dice_a'])} -> {f(r['text_swap_dice_a'])}" if 'text_swap_dice_a' in r else '-')
+        lines.append(f"| {ds} | {model} | {seed} | {f(r['dice_a'])} ({f(r['dice_a_cluster_ci_low'])}-{f(r['dice_a_cluster_ci_high'])}) | "
+                     f"{r['ci_unit']} ({r['n_units']}) | {bd} | {f(r.get('text_null_dice_a'))} | {f(r.get('text_shuffled_dice_a'))} | {sw} |")
+    return '\n'.join(lines) if len(lines) > 2 else '_No probes yet (the `probe` stage)._'
 
 # %% ../nbs/09_report.ipynb #6cc88b09
 MODEL_NAMES = {'unet': 'U-Net', 'reclmis': 'RecLMIS', 'lvit': 'LViT', 'tmca': 'TMCA (from its abstract)'}
