@@ -125,7 +125,7 @@ def data_table(results_dir='results') -> str:
             lines.append(f"| {d['dataset']} | {split} | {s['n']} ({s['available']}) | {s['empty_masks']} | {s['unique_notes']} | {ds_} | {bd} |")
     return '\n'.join(lines)
 
-# %% ../nbs/09_report.ipynb #824ec34f
+# %% ../nbs/09_report.ipynb #a3c5be07
 def probes_table(results_dir='results') -> str:
     """Per run with a `probes.json` (the `probe` stage): Dice A with the interval that resamples the independent unit,
     HD95 / ASSD, and the text-use probes (null note, shuffled note, left/right swapped note)."""

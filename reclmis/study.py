@@ -10,8 +10,8 @@ import numpy as np
 from .core import Params, project_root
 
 # %% auto #0
-__all__ = ['study_runs', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table', 'unit_of', 'holm', 'paired_test',
-           'compare_pairs', 'pairs_table', 'write_summaries']
+__all__ = ['SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table', 'unit_of',
+           'holm', 'paired_test', 'compare_pairs', 'pairs_table', 'write_summary', 'load_summaries', 'write_summaries']
 
 # %% ../nbs/22_study.ipynb #0e9b82c0
 def study_runs(root, study: str) -> list[dict]:
@@ -166,18 +166,25 @@ def pairs_table(d: dict) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/22_study.ipynb #dba67d70
-def write_summaries(p: Params, out='results/studies', root=None) -> dict:
-    "Write `out`/summary.json (uptake, augment, paired comparisons of `compare`); return {section: markdown table}."
+SUMMARIES = {'compare': lambda p, root: compare_pairs(root), 'uptake': uptake_summary, 'augment': augment_summary}
+TABLES = {'uptake': uptake_table, 'augment': augment_table,
+          'compare': lambda d: '\n\n'.join(f'{ds}: ' + pairs_table(x) for ds, x in d.items())}
+
+def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
+    "Write `out`/summary-<study>.json from the study's runs (one stage per study: its deps are that study's results)."
     root = Path(root or project_root()); out = root / out
+    if study not in SUMMARIES: raise ValueError(f"no summary for study '{study}'; known: {', '.join(SUMMARIES)}")
     t0 = time.time()
-    s = {'uptake': uptake_summary(p, root) if 'uptake' in p.studies else None,
-         'augment': augment_summary(p, root) if 'augment' in p.studies else None,
-         'compare': compare_pairs(root) if 'compare' in p.studies else None}
-    s['summary_s'] = round(time.time() - t0, 1)
+    s = SUMMARIES[study](p, root)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / 'summary.json.tmp'; tmp.write_text(json.dumps(s, indent=1)); tmp.replace(out / 'summary.json')
-    tabs = {}
-    if s['uptake']: tabs['uptake'] = uptake_table(s['uptake'])
-    if s['augment']: tabs['augment'] = augment_table(s['augment'])
-    for ds, d in (s['compare'] or {}).items(): tabs[f'compare {ds}'] = pairs_table(d)
-    return tabs
+    f = out / f'summary-{study}.json'; tmp = f.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps({'study': study, 'summary': s, 'summary_s': round(time.time() - t0, 1)}, indent=1)); tmp.replace(f)
+    return TABLES[study](s) if s else f'_{study}: no runs yet_'
+
+def load_summaries(studies_dir='results/studies') -> dict:
+    "{study: summary} of every summary-<study>.json under `studies_dir`."
+    return {f.stem[len('summary-'):]: json.loads(f.read_text())['summary'] for f in sorted(Path(studies_dir).glob('summary-*.json'))}
+
+def write_summaries(p: Params, out='results/studies', root=None) -> dict:
+    "Every study's summary (`write_summary`); returns {study: markdown table}."
+    return {s: write_summary(p, s, out, root) for s in SUMMARIES if s in p.studies}

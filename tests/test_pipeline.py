@@ -12,7 +12,7 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [3407], 'threads': 2},
                     'uptake': {'datasets': ['synth'], 'models': ['reclmis', 'unet'], 'seeds': [1, 2], 'threads': 1},
-                    'augment': {'datasets': ['synth'], 'models': ['reclmis-hflip'], 'seeds': [3407], 'threads': 2}}}
+                    'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407], 'threads': 2}}}
 ENV = {}
 
 def _merge(a, b):
@@ -73,18 +73,20 @@ def test_every_module_edit_reaches_the_stages_that_run_it(clone):
 
 def test_study_pipeline(clone):
     "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
-    run('dvc repro studies/dvc.yaml:summary', clone, env=ENV)     # every study and its summary (not the 8-min benchmark)
+    run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment', clone,
+        env=ENV)                                                  # every study and its summary (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('uptake', 'synth', 'unet', 2),
-                                ('augment', 'synth', 'reclmis-hflip', 3407)):
+                                ('augment', 'synth', 'reclmis-aug-notesafe', 3407)):
         r = base / st / ds / model / f's{seed}'
         assert (r / 'metrics.json').exists() and (r / 'evaluate.ipynb').exists(), r
     t = json.loads((base / 'uptake/synth/unet/s2/train.json').read_text())
     assert t['seed'] == 2 and t['machines'][0]['torch_threads'] == 1         # the study's seed and thread count
-    assert json.loads((base / 'augment/synth/reclmis-hflip/s3407/train.json').read_text())['base_model'] == 'reclmis'
-    s = json.loads((base / 'summary.json').read_text())
+    assert json.loads((base / 'augment/synth/reclmis-aug-notesafe/s3407/train.json').read_text())['base_model'] == 'reclmis'
+    from reclmis.study import load_summaries
+    s = load_summaries(base)
     assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2] and len(s['uptake']['baseline']['runs']) == 2
-    assert set(s['augment']['recipes']) == {'none', 'hflip'}
+    assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
     pair = s['compare']['synth']['pairs'][0]
     assert {pair['a'], pair['b']} == {'reclmis', 'unet'} and 'p_holm' in pair and s['compare']['synth']['ci_unit'] == 'image'
     left = {k for k in _status(clone, 'studies/dvc.yaml') if not k.endswith(':bench')}
@@ -103,14 +105,14 @@ def test_exp_run_with_set_param(clone):
 def test_queue_runs_experiments_in_parallel(clone):
     "DVC's own queue: two queued experiments (other seeds), run by two workers, both listed by `dvc exp show`."
     for s in (11, 12):
-        run(f"dvc exp run --queue -S 'run.seeds=[{s}]' -S 'run.models=[unet]' -S train.epochs=1 -n q{s}", clone, env=ENV)
-    run('dvc queue start -j 2', clone, env=ENV)
+        run(f"dvc exp run --queue -S 'run.seeds=[{s}]' -S 'run.models=[unet]' -S train.epochs=1 -n q{s}", clone)
+    run('dvc queue start -j 2', clone)      # no RECLMIS_ROOT: each experiment runs in its own workspace copy
     t0 = time.time()
     while time.time() - t0 < 600:
-        st = run('dvc queue status', clone, env=ENV).stdout
+        st = run('dvc queue status', clone).stdout
         if 'Queued' not in st and 'Running' not in st: break
         time.sleep(5)
-    assert 'Failed' not in st, st + run('dvc queue logs q11', clone, check=False, env=ENV).stdout
+    assert 'Failed' not in st, st + run('dvc queue logs q11', clone, check=False).stdout
     shown = run('dvc exp show --json', clone).stdout
     assert 'q11' in shown and 'q12' in shown, shown[-2000:]
 
