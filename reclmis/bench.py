@@ -153,7 +153,7 @@ def bench_table(path) -> str:
         enc = r.get('latency_b1_with_encoder')
         lines.append(f"| {r['model']} | {r['params_total'] / 1e6:.2f} M / {r['params_trainable'] / 1e6:.2f} M / {r['params_inference'] / 1e6:.2f} M | "
                      f"{r['macs_thop'] / 1e9:.2f} | {r['macs_torch'] / 1e9:.2f} | {r['latency_b1']['median_ms']:.1f} ({r['latency_b1']['p90_ms']:.1f}) ms | "
-                     f"{(str(round(enc['median_ms'], 1)) + ' ms') if enc else '-'} | {' / '.join(str(r[k]) for k in sorted(tp))} | "
+                     f"{(str(round(enc['median_ms'], 1)) + ' ms') if enc else '-'} | {' / '.join(str(r[k]) for k in sorted(tp, key=lambda k: 'bf16' in k))} | "
                      f"{r['peak_memory_mb']:.0f} MB | {r['train_images_per_s']} |")
     return '\n'.join(lines)
 

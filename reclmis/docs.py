@@ -202,7 +202,7 @@ def nb_to_html(nb_path, out_html, nav: str = '', img_dir=None, warning: str | No
     return out_html
 
 # %% ../nbs/07_docs.ipynb #98691b19
-DEFAULT_EXTRA = {'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'}
+DEFAULT_EXTRA = {'Results': 'build/report/results.ipynb', 'Claims': 'results/claims.ipynb', 'Deviations': 'nbs/deviations.ipynb'}
 
 def _site_title(root: Path) -> str:
     cp = configparser.ConfigParser()
@@ -212,17 +212,18 @@ def _site_title(root: Path) -> str:
     except Exception: return d.get('lib_name', root.name)
 
 def _maker(root: Path, rel: str) -> str:
-    "Which pipeline stage makes `rel`, read from dvc.yaml."
-    f = root/'dvc.yaml'
-    if f.exists():
-        import yaml
-        try: stages = (yaml.safe_load(f.read_text()) or {}).get('stages', {}) or {}
-        except Exception: stages = {}
+    "Which pipeline stage makes `rel`, read from dvc.yaml and studies/dvc.yaml."
+    import yaml
+    for dvc_file, prefix in (('dvc.yaml', ''), ('studies/dvc.yaml', 'studies/dvc.yaml:')):
+        f = root/dvc_file
+        if not f.exists(): continue
+        stages = (yaml.safe_load(f.read_text()) or {}).get('stages', {}) or {}
         for name, st in stages.items():
             outs = [next(iter(o)) if isinstance(o, dict) else str(o) for o in (st or {}).get('outs', []) or []]
             for o in outs:
                 o = o.rstrip('/')
-                if rel == o or rel.startswith(o + '/'): return f"it is made by the dvc stage '{name}': run `dvc repro {name}`"
+                if rel == o or rel.startswith(o + '/'):
+                    return f"it is made by the dvc stage '{prefix}{name}': run `dvc repro {prefix}{name}`"
     if rel.startswith('build/'): return 'it is made by the pipeline: run `dvc repro` first'
     return 'it is written by hand (or by the report stage): create it, or leave it out of `extra`'
 

@@ -10,8 +10,9 @@ import numpy as np
 from .core import Params, project_root
 
 # %% auto #0
-__all__ = ['SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table', 'unit_of',
-           'holm', 'paired_test', 'compare_pairs', 'pairs_table', 'write_summary', 'load_summaries', 'write_summaries']
+__all__ = ['ABLATION', 'SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table',
+           'unit_of', 'holm', 'paired_test', 'compare_pairs', 'pairs_table', 'seed_mean', 'ablate_summary',
+           'ablate_table', 'write_summary', 'load_summaries', 'write_summaries']
 
 # %% ../nbs/22_study.ipynb #0e9b82c0
 def study_runs(root, study: str) -> list[dict]:
@@ -165,9 +166,67 @@ def pairs_table(d: dict) -> str:
                      f"{x['p_holm']:.4f} | {x['claim']} |")
     return '\n'.join(lines)
 
+# %% ../nbs/22_study.ipynb #9a832ffc
+ABLATION = (('reclmis-ci-only', 'reclmis-no-text', 'CI adds to the text-free U-Net + PLAM'),
+            ('reclmis', 'reclmis-ci-only', 'the auxiliary losses (CCL, CVR, CLR) add to CI'),
+            ('reclmis', 'reclmis-no-cvr', 'CVR adds'), ('reclmis', 'reclmis-no-clr', 'CLR adds'),
+            ('reclmis', 'reclmis-no-text', 'the full model beats the text-free baseline'))
+
+def seed_mean(runs: list[dict]):
+    "Per-image Dice A averaged over `runs` (one model, several seeds): a DataFrame `name`, `dice_a`."
+    import pandas as pd
+    df = pd.concat([pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']] for r in runs])
+    return df.groupby('name', as_index=False)['dice_a'].mean()
+
+def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, n_boot: int = 2000,
+                   seed: int = 0) -> dict | None:
+    """Per dataset of `study`: each model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a paired
+    test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts."""
+    root = Path(root or project_root()); runs = study_runs(root, study)
+    if not runs: return None
+    out = {}
+    for ds in sorted({r['dataset'] for r in runs}):
+        by = {}
+        for r in runs:
+            if r['dataset'] == ds: by.setdefault(r['model'], []).append(r)
+        models = {m: {'seeds': [r['seed'] for r in rs], 'dice_a': [100 * r['metrics']['dice_a'] for r in rs],
+                      'dice_a_mean': float(np.mean([100 * r['metrics']['dice_a'] for r in rs])),
+                      'dice_a_sd': float(np.std([100 * r['metrics']['dice_a'] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
+                      'train_s': round(sum(e.get('epoch_s', 0) for r in rs for e in r['train'].get('history', [])), 1)}
+                  for m, rs in sorted(by.items())}
+        rows = []
+        for a, b, meaning in contrasts:
+            if a not in by or b not in by: continue
+            seeds = sorted({r['seed'] for r in by[a]} & {r['seed'] for r in by[b]})
+            if not seeds: continue
+            j = seed_mean([r for r in by[a] if r['seed'] in seeds]).merge(
+                seed_mean([r for r in by[b] if r['seed'] in seeds]), on='name', suffixes=('_a', '_b'))
+            t = paired_test(100 * (j.dice_a_a - j.dice_a_b).to_numpy(), [unit_of(n) for n in j.name], n_boot, seed)
+            rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, **t})
+        for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
+        units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
+        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image', 'n_units': len(units),
+                   'metric': 'dice_a (points), seed-averaged per image', 'models': models, 'contrasts': rows}
+    return out
+
+def ablate_table(d: dict) -> str:
+    "The ablation study as markdown: per dataset, each model's Dice A per seed, then the contrasts."
+    lines = []
+    for ds, x in d.items():
+        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units)", '',
+                  '| model | Dice A per seed | mean (SD over seeds) |', '|---|---|---|']
+        lines += [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) | "
+                  f"{r['dice_a_mean']:.2f} ({r['dice_a_sd']:.2f}) |" for m, r in x['models'].items()]
+        lines += ['', '| contrast | a - b | 95% CI | p (Holm) | meaning |', '|---|---|---|---|---|']
+        lines += [f"| {r['a']} - {r['b']} | {r['diff']:+.2f} | {r['ci_low']:+.2f} to {r['ci_high']:+.2f} | {r['p_holm']:.4f} | "
+                  f"{r['meaning']} |" for r in x['contrasts']]
+        lines.append('')
+    return '\n'.join(lines).strip()
+
 # %% ../nbs/22_study.ipynb #dba67d70
-SUMMARIES = {'compare': lambda p, root: compare_pairs(root), 'uptake': uptake_summary, 'augment': augment_summary}
-TABLES = {'uptake': uptake_table, 'augment': augment_table,
+SUMMARIES = {'compare': lambda p, root: compare_pairs(root), 'uptake': uptake_summary, 'augment': augment_summary,
+             'ablate': ablate_summary}
+TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table,
           'compare': lambda d: '\n\n'.join(f'{ds}: ' + pairs_table(x) for ds, x in d.items())}
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:

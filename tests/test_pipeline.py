@@ -12,7 +12,8 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [3407], 'threads': 2},
                     'uptake': {'datasets': ['synth'], 'models': ['reclmis', 'unet'], 'seeds': [1, 2], 'threads': 1},
-                    'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407], 'threads': 2}}}
+                    'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407], 'threads': 2},
+                    'ablate': {'datasets': ['synth'], 'models': ['reclmis', 'reclmis-no-text'], 'seeds': [1, 2], 'threads': 2}}}
 ENV = {}
 
 def _merge(a, b):
@@ -74,8 +75,8 @@ def test_every_module_edit_reaches_the_stages_that_run_it(clone):
 
 def test_study_pipeline(clone):
     "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
-    run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment', clone,
-        env=ENV)                                                  # every study and its summary (not the 8-min benchmark)
+    run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment '
+        'studies/dvc.yaml:summary-ablate', clone, env=ENV)    # every study and its summary (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('uptake', 'synth', 'unet', 2),
                                 ('augment', 'synth', 'reclmis-aug-notesafe', 3407)):
@@ -90,7 +91,9 @@ def test_study_pipeline(clone):
     assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
     pair = s['compare']['synth']['pairs'][0]
     assert {pair['a'], pair['b']} == {'reclmis', 'unet'} and 'p_holm' in pair and s['compare']['synth']['ci_unit'] == 'image'
-    left = {k for k in _status(clone, 'studies/dvc.yaml') if not k.endswith(':bench')}
+    ab = s['ablate']['synth']['contrasts'][0]                    # the ablation contrast, averaged over both seeds
+    assert (ab['a'], ab['b'], ab['seeds']) == ('reclmis', 'reclmis-no-text', [1, 2]) and 'p_holm' in ab
+    left = {k for k in _status(clone, 'studies/dvc.yaml') if not k.endswith((':bench', ':claims'))}   # claims needs bench
     assert not left, left
     lock = yaml.safe_load((clone / 'studies/dvc.lock').read_text())['stages']
     assert 'evaluate-uptake@uptake-synth-unet-2' in lock

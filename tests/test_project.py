@@ -100,3 +100,8 @@ def test_gpu_session_script(root, tmp_path):
     assert p.fetch.source == '/tmp/reclmis-mirror' and p.run.live is False and p.run.device == 'cuda'
     ds = p.datasets['qata_full']
     assert ds.overrides['train']['max_minutes'] == 2.5 and ds.overrides['train']['augment'] == 'official' and ds.limit_train == 0
+
+def test_readme_results_match_the_committed_results(root):
+    "The README's results block is regenerated from the committed stage outputs, never typed: a stale one fails."
+    from reclmis.readme import sync_readme
+    assert sync_readme(root=root, check=True) is False
