@@ -30,7 +30,8 @@ else                                                         # CPU: the CPU buil
 fi
 TORCH=$(python -c 'import torch; print(torch.__version__.split("+")[0])')
 # everything else, with torch pinned to the one installed so nothing pulls another build
-python -m pip install -q -c <(echo "torch==$TORCH") -e ".[dev]"
+PIN=(-c constraints.txt); [ "${RECLMIS_UNPINNED:-0}" = 1 ] && PIN=()   # the versions the committed results were made with
+python -m pip install -q "${PIN[@]}" -c <(echo "torch==$TORCH") -e ".[dev]"
 python -m ipykernel install --sys-prefix --name python3 >/dev/null
 git rev-parse --is-inside-work-tree >/dev/null 2>&1 && dvc config --local core.analytics false 2>/dev/null || true
 echo "reclmis set up: torch $(python -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'), $(python --version)"
