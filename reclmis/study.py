@@ -180,8 +180,8 @@ def seed_mean(runs: list[dict]):
 
 def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, n_boot: int = 2000,
                    seed: int = 0) -> dict | None:
-    """Per dataset of `study`: each model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a paired
-    test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts."""
+    """Per dataset of `study`: each model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a
+    paired test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts."""
     root = Path(root or project_root()); runs = study_runs(root, study)
     if not runs: return None
     out = {}
@@ -189,9 +189,9 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
         by = {}
         for r in runs:
             if r['dataset'] == ds: by.setdefault(r['model'], []).append(r)
-        models = {m: {'seeds': [r['seed'] for r in rs], 'dice_a': [100 * r['metrics']['dice_a'] for r in rs],
-                      'dice_a_mean': float(np.mean([100 * r['metrics']['dice_a'] for r in rs])),
-                      'dice_a_sd': float(np.std([100 * r['metrics']['dice_a'] for r in rs], ddof=1)) if len(rs) > 1 else 0.0,
+        dice = {m: [100 * r['metrics']['dice_a'] for r in rs] for m, rs in by.items()}
+        models = {m: {'seeds': [r['seed'] for r in rs], 'dice_a': dice[m], 'dice_a_mean': float(np.mean(dice[m])),
+                      'dice_a_sd': float(np.std(dice[m], ddof=1)) if len(rs) > 1 else 0.0,
                       'train_s': round(sum(e.get('epoch_s', 0) for r in rs for e in r['train'].get('history', [])), 1)}
                   for m, rs in sorted(by.items())}
         rows = []
@@ -205,8 +205,9 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
             rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, **t})
         for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
         units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
-        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image', 'n_units': len(units),
-                   'metric': 'dice_a (points), seed-averaged per image', 'models': models, 'contrasts': rows}
+        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
+                   'n_units': len(units), 'metric': 'dice_a (points), seed-averaged per image', 'models': models,
+                   'contrasts': rows}
     return out
 
 def ablate_table(d: dict) -> str:
@@ -218,8 +219,8 @@ def ablate_table(d: dict) -> str:
         lines += [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) | "
                   f"{r['dice_a_mean']:.2f} ({r['dice_a_sd']:.2f}) |" for m, r in x['models'].items()]
         lines += ['', '| contrast | a - b | 95% CI | p (Holm) | meaning |', '|---|---|---|---|---|']
-        lines += [f"| {r['a']} - {r['b']} | {r['diff']:+.2f} | {r['ci_low']:+.2f} to {r['ci_high']:+.2f} | {r['p_holm']:.4f} | "
-                  f"{r['meaning']} |" for r in x['contrasts']]
+        lines += [f"| {r['a']} - {r['b']} | {r['diff']:+.2f} | {r['ci_low']:+.2f} to {r['ci_high']:+.2f} | "
+                  f"{r['p_holm']:.4f} | {r['meaning']} |" for r in x['contrasts']]
         lines.append('')
     return '\n'.join(lines).strip()
 

@@ -57,7 +57,8 @@ def _lvit_folder(root, mask_size=32, notes=True):
     for split, F in (('train', 'Train'), ('val', 'Val'), ('test', 'Test')):
         _png(root / f'{F}_Folder/img/a.png', np.full((32, 32, 3), 100, np.uint8))
         _png(root / f'{F}_Folder/labelcol/a.png', np.zeros((mask_size, mask_size), np.uint8))
-        rows = [{'Image': 'a.png', 'Description': 'Nuclei are dense.'}] if notes else [{'Image': 'other.png', 'Description': 'x'}]
+        rows = ([{'Image': 'a.png', 'Description': 'Nuclei are dense.'}] if notes
+                else [{'Image': 'other.png', 'Description': 'x'}])
         pd.DataFrame(rows).to_excel(root / f'{F}_Folder/{F}_text.xlsx', index=False)
 
 def test_missing_note(tmp_path):
@@ -80,7 +81,8 @@ def test_mask_values_other_than_0_255(tmp_path):
 def test_empty_note_in_index(tmp_path):
     "An image whose note is empty is refused at index time, naming the file (never silently dropped)."
     _lvit_folder(tmp_path)
-    pd.DataFrame([{'Image': 'a.png', 'Description': '   '}]).to_excel(tmp_path / 'Test_Folder/Test_text.xlsx', index=False)
+    pd.DataFrame([{'Image': 'a.png', 'Description': '   '}]).to_excel(tmp_path / 'Test_Folder/Test_text.xlsx',
+                                                                      index=False)
     with pytest.raises(DataError, match='a.png'): data.index_lvit(tmp_path)
 
 def test_unknown_text_encoder(root, tmp_path):
@@ -95,7 +97,8 @@ def test_bad_reclmis_param(root, tmp_path):
 
 def test_unknown_augmentation(root, tmp_path):
     r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['train'].update(augment='randaugment')))
-    assert r.returncode == 2 and "'train.augment' is 'randaugment'" in r.stderr and 'official_notesafe' in r.stderr, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert "'train.augment' is 'randaugment'" in r.stderr and 'official_notesafe' in r.stderr, r.stderr
 
 def test_missing_text_features(tmp_path):
     from reclmis.text import TextBank
@@ -108,7 +111,8 @@ def test_bad_variant(root, tmp_path):
     r = _cli('train synth rec-x', root, _params(root, tmp_path, lambda y: y['variants'].update(
         {'rec-x': {'base': 'reclmis', 'model': {'cvrr': False}}})))
     assert r.returncode == 2 and "variants.rec-x" in r.stderr and "'model.reclmis.cvrr'" in r.stderr, r.stderr
-    r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['studies']['uptake'].update(models=['unet', 'unet3d'])))
+    r = _cli('prepare synth', root,
+             _params(root, tmp_path, lambda y: y['studies']['uptake'].update(models=['unet', 'unet3d'])))
     assert r.returncode == 2 and "'studies.uptake.models'" in r.stderr and 'unet3d' in r.stderr, r.stderr
     r = _cli('prepare synth', root, _params(root, tmp_path, lambda y: y['run'].update(study_datasets=['synth'])))
     assert r.returncode == 2 and "'run.study_datasets'" in r.stderr, r.stderr

@@ -7,13 +7,16 @@ from conftest import run
 
 TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
         'datasets': {'synth': {'img_size': 32}}, 'train': {'epochs': 2, 'batch_size': 16},
-        'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}, 'lvit': {'width': 8}, 'tmca': {'width': 4, 'align_dim': 8}},
+        'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}, 'lvit': {'width': 8},
+                  'tmca': {'width': 4, 'align_dim': 8}},
         'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca'], 'study_datasets': ['synth']},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [3407], 'threads': 2},
                     'uptake': {'datasets': ['synth'], 'models': ['reclmis', 'unet'], 'seeds': [1, 2], 'threads': 1},
-                    'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407], 'threads': 2},
-                    'ablate': {'datasets': ['synth'], 'models': ['reclmis', 'reclmis-no-text'], 'seeds': [1, 2], 'threads': 2}}}
+                    'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407],
+                                'threads': 2},
+                    'ablate': {'datasets': ['synth'], 'models': ['reclmis', 'reclmis-no-text'], 'seeds': [1, 2],
+                               'threads': 2}}}
 ENV = {}
 
 def _merge(a, b):
@@ -84,16 +87,20 @@ def test_study_pipeline(clone):
         assert (r / 'metrics.json').exists() and (r / 'evaluate.ipynb').exists(), r
     t = json.loads((base / 'uptake/synth/unet/s2/train.json').read_text())
     assert t['seed'] == 2 and t['machines'][0]['torch_threads'] == 1         # the study's seed and thread count
-    assert json.loads((base / 'augment/synth/reclmis-aug-notesafe/s3407/train.json').read_text())['base_model'] == 'reclmis'
+    aug = json.loads((base / 'augment/synth/reclmis-aug-notesafe/s3407/train.json').read_text())
+    assert aug['base_model'] == 'reclmis'
     from reclmis.study import load_summaries
     s = load_summaries(base)
-    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2] and len(s['uptake']['baseline']['runs']) == 2
+    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2]
+    assert len(s['uptake']['baseline']['runs']) == 2
     assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
     pair = s['compare']['synth']['pairs'][0]
-    assert {pair['a'], pair['b']} == {'reclmis', 'unet'} and 'p_holm' in pair and s['compare']['synth']['ci_unit'] == 'image'
+    assert {pair['a'], pair['b']} == {'reclmis', 'unet'} and 'p_holm' in pair
+    assert s['compare']['synth']['ci_unit'] == 'image'
     ab = s['ablate']['synth']['contrasts'][0]                    # the ablation contrast, averaged over both seeds
     assert (ab['a'], ab['b'], ab['seeds']) == ('reclmis', 'reclmis-no-text', [1, 2]) and 'p_holm' in ab
-    left = {k for k in _status(clone, 'studies/dvc.yaml') if not k.endswith((':bench', ':claims'))}   # claims needs bench
+    left = {k for k in _status(clone, 'studies/dvc.yaml')
+            if not k.endswith((':bench', ':claims'))}                 # the claims ledger needs the benchmark
     assert not left, left
     lock = yaml.safe_load((clone / 'studies/dvc.lock').read_text())['stages']
     assert 'evaluate-uptake@uptake-synth-unet-2' in lock

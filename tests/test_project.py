@@ -65,7 +65,8 @@ def test_committed_results_are_stage_outputs(root):
 
 def test_no_reference_outside_the_repository(root):
     "Docs and code cite primary sources, never a file that only exists on the maintainers' machines."
-    hits = run("git grep -n -i -e 'method-spec' -e 'shared/data' -- nbs reclmis README.md params.yaml dvc.yaml studies", root,
+    hits = run("git grep -n -i -e 'method-spec' -e 'shared/data' -- "
+               "nbs reclmis README.md params.yaml dvc.yaml studies", root,
                check=False).stdout
     assert not hits.strip(), hits
 
@@ -80,7 +81,8 @@ def test_library_in_sync_with_notebooks(root, tmp_path):
     assert not diff, f"reclmis/ is out of sync with nbs/ for {diff}: run nbdev_export"
 
 def test_bench_command_writes_json(root, tmp_path):
-    "The benchmark is a command (not a test of speed): its quick mode runs the real code path and writes the JSON and table."
+    """The benchmark is a command (not a test of speed): its quick mode runs the real code path and writes the JSON
+    and table."""
     r = run(f'reclmis bench --quick --models unet reclmis --no-speedups --out {tmp_path}', root)
     out = json.loads((tmp_path / 'bench-cpu-quick.json').read_text())
     assert [m['model'] for m in out['models']] == ['unet', 'reclmis']
@@ -89,9 +91,10 @@ def test_bench_command_writes_json(root, tmp_path):
     assert out['machine']['cpu_count'] >= 1 and '| reclmis |' in r.stdout
 
 def test_gpu_session_script(root, tmp_path):
-    "The prepared GPU plan: bad steps stop with a usage line; the machine's params file is valid and says what it should."
-    sh = lambda *a: subprocess.run(['bash', str(root / 'scripts' / 'gpu_session.sh'), *a], capture_output=True, text=True,
-                                   env={**__import__('os').environ, 'OUT': str(tmp_path / 'out')})
+    """The prepared GPU plan: bad steps stop with a usage line; the machine's params file is valid and says what it
+    should."""
+    sh = lambda *a: subprocess.run(['bash', str(root / 'scripts' / 'gpu_session.sh'), *a], capture_output=True,
+                                   text=True, env={**__import__('os').environ, 'OUT': str(tmp_path / 'out')})
     r = sh('frobnicate'); assert r.returncode == 2 and "unknown step 'frobnicate'" in r.stderr, r.stderr
     r = sh(); assert r.returncode == 2 and 'usage' in r.stderr, r.stderr
     f = tmp_path / 'p.yaml'
@@ -99,7 +102,8 @@ def test_gpu_session_script(root, tmp_path):
     p = load_params(f)
     assert p.fetch.source == '/tmp/reclmis-mirror' and p.run.live is False and p.run.device == 'cuda'
     ds = p.datasets['qata_full']
-    assert ds.overrides['train']['max_minutes'] == 2.5 and ds.overrides['train']['augment'] == 'official' and ds.limit_train == 0
+    assert ds.overrides['train']['max_minutes'] == 2.5 and ds.overrides['train']['augment'] == 'official'
+    assert ds.limit_train == 0
 
 def test_readme_results_match_the_committed_results(root):
     "The README's results block is regenerated from the committed stage outputs, never typed: a stale one fails."
