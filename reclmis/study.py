@@ -178,12 +178,18 @@ def seed_mean(runs: list[dict]):
     df = pd.concat([pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']] for r in runs])
     return df.groupby('name', as_index=False)['dice_a'].mean()
 
-def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, n_boot: int = 2000,
-                   seed: int = 0) -> dict | None:
+def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, reference=('uptake', 'reclmis'),
+                   n_boot: int = 2000, seed: int = 0) -> dict | None:
     """Per dataset of `study`: each model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a
-    paired test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts."""
+    paired test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts.
+    The full model's runs come from the `reference` (study, model) where `study` does not train it itself: the same
+    configuration at the same seeds and threads (so the same weights), trained once."""
     root = Path(root or project_root()); runs = study_runs(root, study)
     if not runs: return None
+    have = {(r['dataset'], r['model']) for r in runs}
+    runs += [r for r in (study_runs(root, reference[0]) if reference else [])
+             if r['model'] == reference[1] and (r['dataset'], r['model']) not in have
+             and r['dataset'] in {x['dataset'] for x in runs} and r['seed'] in p.studies[study].seeds]
     out = {}
     for ds in sorted({r['dataset'] for r in runs}):
         by = {}
@@ -205,7 +211,7 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
             rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, **t})
         for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
         units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
-        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
+        out[ds] = {'reference': f'{reference[0]}/{reference[1]}' if reference else None, 'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
                    'n_units': len(units), 'metric': 'dice_a (points), seed-averaged per image', 'models': models,
                    'contrasts': rows}
     return out
@@ -214,7 +220,8 @@ def ablate_table(d: dict) -> str:
     "The ablation study as markdown: per dataset, each model's Dice A per seed, then the contrasts."
     lines = []
     for ds, x in d.items():
-        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units)", '',
+        ref = f"; the full model's runs are the `{x['reference']}` runs" if x.get('reference') else ''
+        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units{ref})", '',
                   '| model | Dice A per seed | mean (SD over seeds) |', '|---|---|---|']
         lines += [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) | "
                   f"{r['dice_a_mean']:.2f} ({r['dice_a_sd']:.2f}) |" for m, r in x['models'].items()]
