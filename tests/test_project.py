@@ -51,7 +51,7 @@ def test_stage_deps_cover_the_code_they_run(root):
         assert not miss, f"{f}: stages miss the code they run as deps (add them): {miss}"
 
 def test_committed_results_are_stage_outputs(root):
-    "Every metrics.json in git is an output recorded in a committed dvc.lock (default or study pipeline)."
+    "Every file under results/ in git is (inside) an output recorded in a committed dvc.lock; metrics.json exactly."
     tracked = run('git ls-files results', root).stdout.split()
     outs = set()
     for lock in ('dvc.lock', 'studies/dvc.lock'):
@@ -62,6 +62,8 @@ def test_committed_results_are_stage_outputs(root):
     metrics = [t for t in tracked if t.endswith('metrics.json')]
     assert metrics, 'no committed metrics at all'
     assert not [t for t in metrics if t not in outs], [t for t in metrics if t not in outs]
+    stray = [t for t in tracked if not any(t == o or t.startswith(o.rstrip('/') + '/') for o in outs)]
+    assert not stray, f'committed under results/ but no stage output (regenerate or remove): {stray}'
 
 def test_no_reference_outside_the_repository(root):
     "Docs and code cite primary sources, never a file that only exists on the maintainers' machines."
