@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_cli.ipynb #93d08307
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, os, sys
 from .core import load_params, project_root
 
 # %% auto #0
@@ -12,15 +12,21 @@ __all__ = ['main']
 
 # %% ../nbs/10_cli.ipynb #8c80e993
 def main(argv=None):
-    "Entry point of the `reclmis` console script: user errors print one line naming the problem and exit 2."
-    from reclmis.core import ParamsError, DataError
-    try: return _main(argv)
-    except (ParamsError, DataError, FileNotFoundError, RuntimeError) as e:   # RuntimeError: a checkpoint that does not fit
-        print(f"reclmis: error: {e}", file=sys.stderr); return 2
+    """Entry point of the `reclmis` console script. A user error (bad params, bad data, a damaged checkpoint, a busy
+    run, a write the OS refused, a diverged training) prints one line naming the problem and exits 2; `--debug` (or
+    `RECLMIS_DEBUG=1`) re-raises it with its traceback. Anything else is a bug and keeps its traceback (exit 1)."""
+    from reclmis.core import ParamsError, DataError, RunBusyError, WriteError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in argv or os.environ.get('RECLMIS_DEBUG', '') not in ('', '0')
+    try: return _main([a for a in argv if a != '--debug'])
+    except (ParamsError, DataError, FileNotFoundError, RunBusyError, WriteError, FloatingPointError) as e:
+        if debug: raise
+        print(f"reclmis: error: {e}\n(run with --debug to see the traceback)", file=sys.stderr); return 2
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='reclmis', description='reclmis pipeline steps (dvc repro runs them all)')
     ap.add_argument('--params', default=None, help='params file (default: the project params.yaml)')
+    ap.add_argument('--debug', action='store_true', help='show the traceback of an error (also RECLMIS_DEBUG=1)')
     ap.add_argument('--study', default=None, help='train/evaluate: the run belongs to this study of studies/dvc.yaml '
                     '(runs under build/studies/<study>, results/studies/<study>; data under build/studies)')
     ap.add_argument('--studies', action='store_true', help='fetch/prepare/encode: the study pipeline\'s data (build/studies)')
@@ -32,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser('docs'); s.add_argument('--out', default='_docs')
     s = sub.add_parser('predict', help='segment an image from a note with a trained checkpoint; writes mask + overlay PNGs')
     s.add_argument('image'); s.add_argument('--note', default=None, help='the clinical note (text models need one)')
-    s.add_argument('--model', default='reclmis'); s.add_argument('--dataset', default='synth')
+    s.add_argument('--model', default=None, help="the run's model or variant (default reclmis; with --ckpt: must "
+                   "agree with the checkpoint)")
+    s.add_argument('--dataset', default=None, help="the run's dataset (default synth; with --ckpt: must agree)")
     s.add_argument('--seed', type=int, default=None, help='the run\'s training seed (default: the first of run.seeds)')
     s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/s<seed>/ckpt/best.pt')
     s.add_argument('--out', default='predictions'); s.add_argument('--device', default='cpu')
@@ -57,8 +65,8 @@ def _main(argv=None):
         print(bench_table(out)); print(speedup_table(out)); print(out); return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
-        seed = a.seed if a.seed is not None else load_params(a.params).run.seeds[0]
-        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=seed)
+        if a.seed is None and a.ckpt is None: a.seed = load_params(a.params).run.seeds[0]
+        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=a.seed)
         print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}"); return 0
     from reclmis import pipeline as pl
     if a.cmd == 'docs':

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #37560586
 from __future__ import annotations
-import dataclasses, hashlib, json, os, platform, random, types, typing
+import dataclasses, hashlib, json, math, os, platform, random, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Any
@@ -13,11 +13,12 @@ import numpy as np
 import yaml
 
 # %% auto #0
-__all__ = ['MODELS', 'DATASET_KINDS', 'ParamsError', 'DataError', 'project_root', 'palette_image', 'save_figure', 'machine',
-           'RunParams', 'FetchParams', 'SynthParams', 'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams',
-           'TMCAParams', 'ModelParams', 'TextParams', 'TrainParams', 'EvaluateParams', 'ReportParams', 'VariantParams',
-           'StudyParams', 'Params', 'from_dict', 'check_params', 'load_params', 'dataset_params', 'base_model',
-           'resolve', 'fingerprint', 'seed_everything', 'get_device']
+__all__ = ['MODELS', 'DATASET_KINDS', 'RANGES', 'ParamsError', 'DataError', 'CheckpointError', 'RunBusyError', 'WriteError',
+           'project_root', 'palette_image', 'save_figure', 'machine', 'RunParams', 'FetchParams', 'SynthParams',
+           'DatasetParams', 'UNetParams', 'ReclmisParams', 'LViTParams', 'TMCAParams', 'ModelParams', 'TextParams',
+           'TrainParams', 'EvaluateParams', 'ReportParams', 'VariantParams', 'StudyParams', 'Params', 'from_dict',
+           'check_params', 'dataset_params', 'base_model', 'resolve', 'fingerprint', 'missing_keys', 'load_params',
+           'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #b638d659
 class ParamsError(ValueError):
@@ -25,6 +26,15 @@ class ParamsError(ValueError):
 
 class DataError(ValueError):
     "A problem with input data: missing folder, corrupt image, checksum mismatch, missing note, ..."
+
+class CheckpointError(DataError):
+    "A checkpoint that cannot be read, was made by another run, or does not fit the model it is loaded into."
+
+class RunBusyError(RuntimeError):
+    "Another process holds the run folder's lock (two trainings of one run at once would mix their checkpoints)."
+
+class WriteError(OSError):
+    "A result could not be written (disk full, permission denied, ...): the message names the file and the fix."
 
 # %% ../nbs/00_core.ipynb #abd37c0e
 def project_root(start: str | Path | None = None) -> Path:
@@ -68,7 +78,9 @@ def save_figure(fig, path, dpi: int = 110, colors: int = 256, grey_levels: int =
     from PIL import Image
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO(); fig.savefig(buf, dpi=dpi, format='png'); buf.seek(0)
-    palette_image(Image.open(buf).convert('RGB'), colors, grey_levels).save(path, optimize=True)
+    from reclmis.safeio import atomic_write   # (safeio imports core: a late import)
+    im = palette_image(Image.open(buf).convert('RGB'), colors, grey_levels)
+    atomic_write(path, lambda t: im.save(t, format='PNG', optimize=True))
     return path
 
 # %% ../nbs/00_core.ipynb #4140bd36
@@ -129,6 +141,10 @@ class DatasetParams:
     limit_test: int = 0         # keep 0 for comparable test metrics
     channels: int = 3           # decoded channels; official: 3 (grey replicated, cv2 BGR order)
     strict_masks: bool = False  # masks with values other than {0,255}: False = binarise >0 with a warning (official), True = error
+    depth16: str = 'strict'     # 16-bit images: official (keep the high byte, as cv2) | strict (official, but an error when
+                                # the data use <= 12 bits and would keep <= 16 grey levels) | rescale (the data's max -> 255)
+    path: str = ''              # kind lvit: a local folder in LViT's layout (your own dataset; no manifest needed)
+    counts: dict = field(default_factory=dict)  # expected pairs per split for `path`, e.g. {train: 2183, val: 258, test: 273}
     overrides: dict = field(default_factory=dict)  # per-dataset overrides, e.g. {train: {epochs: 3}, model: {unet: {width: 32}}}
 
 @dataclass
@@ -342,6 +358,70 @@ def _check_runs(p: Params, key: str, datasets, models, dkey: str | None = None):
             raise ParamsError(f"unknown dataset '{d}' in params key '{dkey or key + '.datasets'}'; datasets defined under 'datasets': "
                               f"{', '.join(p.datasets)}")
 
+_OVERRIDABLE = ('train', 'model', 'evaluate', 'text')
+
+RANGES = {   # the allowed values of every numeric knob ('*' = any name under datasets/studies); checked at load
+    'run.threads': '>= 0', 'run.seed': '>= 0', 'run.seeds': '>= 0', 'studies.*.seeds': '>= 0',
+    'studies.*.threads': '>= 0', 'synth.seed': '>= 0', 'synth.size': '>= 16', 'synth.n_train': '>= 1',
+    'synth.n_val': '>= 1', 'synth.n_test': '>= 1', 'synth.min_lesions': '>= 1', 'synth.max_lesions': '>= 1',
+    'synth.p_distractor': '[0, 1]', 'synth.p_crossed': '[0, 1]', 'synth.noise': '>= 0',
+    'datasets.*.img_size': '>= 16', 'datasets.*.eval_size': '>= 0', 'datasets.*.limit_train': '>= 0',
+    'datasets.*.limit_val': '>= 0', 'datasets.*.limit_test': '>= 0', 'datasets.*.channels': '{1, 3}',
+    'text.token_len': '>= 2', 'text.eof_min_words': '>= 0', 'text.batch_size': '>= 1',
+    'model.unet.width': '>= 1', 'model.unet.depth': '>= 1',
+    'model.reclmis.width': '>= 1', 'model.reclmis.depth': '>= 1', 'model.reclmis.heads': '>= 1',
+    'model.reclmis.ci_dropout': '[0, 1)', 'model.reclmis.ci_init_gain': '> 0',
+    'model.reclmis.interest_dropout': '[0, 1)', 'model.reclmis.ccl_temperature': '> 0',
+    'model.reclmis.ccl_replicas': '>= 1', 'model.reclmis.rec_layers': '>= 1', 'model.reclmis.rec_heads': '>= 1',
+    'model.reclmis.rec_ffn_mult': '>= 1', 'model.reclmis.rec_dropout': '[0, 1)',
+    'model.reclmis.mask_ratio_img': '(0, 1)', 'model.reclmis.mask_ratio_txt': '(0, 1)',
+    'model.reclmis.w_ccl': '>= 0', 'model.reclmis.w_cvr': '>= 0', 'model.reclmis.w_clr': '>= 0',
+    'model.lvit.width': '>= 1', 'model.lvit.text_tokens': '>= 1', 'model.lvit.bert_dim': '>= 1',
+    'model.lvit.heads': '>= 1', 'model.lvit.dropout': '[0, 1)',
+    'model.tmca.width': '>= 1', 'model.tmca.depth': '>= 1', 'model.tmca.align_levels': '>= 1',
+    'model.tmca.lgte_stages': '>= 1', 'model.tmca.align_dim': '>= 1', 'model.tmca.align_temperature': '> 0',
+    'model.tmca.align_weight': '>= 0', 'model.tmca.heads': '>= 1',
+    'train.epochs': '>= 1', 'train.batch_size': '>= 1', 'train.lr': '> 0', 'train.weight_decay': '>= 0',
+    'train.sgdr_t0': '>= 1', 'train.sgdr_eta_min': '>= 0', 'train.exp_gamma': '(0, 1]', 'train.exp_floor': '[0, 1]',
+    'train.patience': '>= 1', 'train.seg_weight': '>= 0', 'train.dice_weight': '>= 0', 'train.bce_weight': '>= 0',
+    'train.max_minutes': '>= 0', 'train.sync_every': '>= 0',
+    'evaluate.threshold': '(0, 1)', 'evaluate.batch_size': '>= 1', 'evaluate.n_overlays': '>= 0',
+    'evaluate.n_boot': '>= 1', 'evaluate.n_panel': '>= 0'}
+
+def _in_range(v, rule: str) -> bool:
+    "Does number `v` satisfy `rule` ('>= 1', '> 0', '[0, 1)', '(0, 1]', '{1, 3}')?"
+    if rule.startswith('{'): return v in {float(x) for x in rule[1:-1].split(',')}
+    if rule[0] in '[(':
+        lo, hi = (float(x) for x in rule[1:-1].split(','))
+        return (lo <= v if rule[0] == '[' else lo < v) and (v <= hi if rule[-1] == ']' else v < hi)
+    op, x = rule.split(); x = float(x)
+    return v >= x if op == '>=' else v > x
+
+def _check_range(key: str, v, shown: str | None = None):
+    "Refuse a non-finite or out-of-range number at dotted `key` (the message names `shown`, default `key`)."
+    rule = RANGES.get(key) or RANGES.get('.'.join(k if i != 1 else '*' for i, k in enumerate(key.split('.'))))
+    vals = v if isinstance(v, list) else [v]
+    for x in vals:
+        if isinstance(x, bool) or not isinstance(x, (int, float)): continue
+        if not math.isfinite(x) or (rule and not _in_range(x, rule)):
+            how = 'finite' if not rule else f'in {rule}' if rule[0] in '[(' else f'one of {rule}' if rule[0] == '{' else rule
+            raise ParamsError(f"params key '{shown or key}' is {v!r}; must be {how}: "
+                              "fix it in params.yaml (or the -S option)")
+
+_RAW = ('overrides', 'counts', 'model', 'train', 'text')  # raw dicts in datasets/variants entries: checked on their own
+
+def _walk_ranges(d: dict, prefix: str = '', shown: str | None = None):
+    """Check every number in the nested dict `d` (its keys live under `prefix`) against `RANGES`; messages name the key
+    as the user wrote it (`shown` in place of `prefix`, e.g. 'datasets.qata.overrides.' for an override)."""
+    shown = prefix if shown is None else shown
+    for k, v in d.items():
+        key, name = f'{prefix}{k}', f'{shown}{k}'
+        parts = key.split('.')
+        if isinstance(v, dict):
+            if not (len(parts) == 3 and parts[0] in ('datasets', 'variants') and parts[2] in _RAW):
+                _walk_ranges(v, key + '.', name + '.')
+        else: _check_range(key, v, name)
+
 def check_params(p: Params) -> Params:
     "Cross-field checks: known model, variant, dataset and study names, known enum values."
     _check_runs(p, 'run', p.run.datasets, p.run.models)
@@ -358,15 +438,26 @@ def check_params(p: Params) -> Params:
     for n, ds in p.datasets.items():
         if ds.kind not in DATASET_KINDS:
             raise ParamsError(f"params key 'datasets.{n}.kind' is '{ds.kind}'; must be one of {', '.join(DATASET_KINDS)}")
-        if set(ds.overrides) - {'train', 'model', 'evaluate', 'text'}:
-            raise ParamsError(f"params key 'datasets.{n}.overrides' may only hold train/model/evaluate, got {list(ds.overrides)}")
+        if set(ds.overrides) - set(_OVERRIDABLE):
+            raise ParamsError(f"params key 'datasets.{n}.overrides' may only hold {'/'.join(_OVERRIDABLE)}, "
+                              f"got {list(ds.overrides)}")
+        if ds.kind != 'lvit' and ds.path:
+            raise ParamsError(f"params key 'datasets.{n}.path' is set, but only kind 'lvit' reads a local folder")
+        for k, c in ds.counts.items():
+            if k not in ('train', 'val', 'test') or isinstance(c, bool) or not isinstance(c, int) or c < 0:
+                raise ParamsError(f"params key 'datasets.{n}.counts.{k}' must be one of train/val/test with a count "
+                                  f">= 0, got {k}: {c!r}")
+        if ds.counts and not ds.path:
+            raise ParamsError(f"params key 'datasets.{n}.counts' needs datasets.{n}.path (pinned datasets check their "
+                              "manifest's counts)")
     enums = {'run.device': (p.run.device, ('auto', 'cpu', 'cuda')), 'run.amp': (p.run.amp, ('bf16', 'fp16', 'none')),
              'train.schedule': (p.train.schedule, ('sgdr', 'exp', 'constant')), 'train.bce': (p.train.bce, ('plain', 'balanced')),
              'train.augment': (p.train.augment, ('none', 'hflip', 'official', 'official_notesafe')),
              'model.unet.up_mode': (p.model.unet.up_mode, ('convtranspose', 'nearest')),
              'model.reclmis.mask_mode': (p.model.reclmis.mask_mode, ('dist', 'random', 'topk')),
              'model.reclmis.rec_loss_on': (p.model.reclmis.rec_loss_on, ('all', 'masked')),
-             'model.reclmis.aux_nan': (p.model.reclmis.aux_nan, ('raise', 'zero'))}
+             'model.reclmis.aux_nan': (p.model.reclmis.aux_nan, ('raise', 'zero')),
+             **{f'datasets.{n}.depth16': (ds.depth16, ('strict', 'official', 'rescale')) for n, ds in p.datasets.items()}}
     for k, (v, ok) in enums.items():
         if v not in ok: raise ParamsError(f"params key '{k}' is '{v}'; must be one of {', '.join(ok)}")
     r = p.model.reclmis
@@ -374,15 +465,14 @@ def check_params(p: Params) -> Params:
         if not 0 < getattr(r, k) < 1: raise ParamsError(f"params key 'model.reclmis.{k}' is {getattr(r, k)}; must be in (0, 1)")
     if not r.ci and (r.ccl or r.cvr or r.clr):
         raise ParamsError("params key 'model.reclmis.ci' is false (the text-free baseline of Table 2): set ccl, cvr and clr false too")
-    if p.text.token_len < 2: raise ParamsError(f"params key 'text.token_len' is {p.text.token_len}; must be >= 2")
+    _walk_ranges(asdict(p))
+    if p.synth.max_lesions < p.synth.min_lesions:
+        raise ParamsError(f"params key 'synth.max_lesions' is {p.synth.max_lesions}, below synth.min_lesions "
+                          f"({p.synth.min_lesions})")
+    if p.train.seg_weight * (p.train.dice_weight + p.train.bce_weight) == 0:
+        raise ParamsError("params keys 'train.seg_weight', 'train.dice_weight', 'train.bce_weight' leave no "
+                          "segmentation loss (all products are 0); official: 5, 0.5, 0.5")
     return p
-
-def load_params(path: str | Path | None = None) -> Params:
-    "Read and validate `params.yaml` (default: the project's)."
-    path = Path(path) if path else project_root()/'params.yaml'
-    if not path.exists(): raise FileNotFoundError(f"params file {path} not found; run from the project root or pass its path")
-    with open(path) as f: d = yaml.safe_load(f) or {}
-    return check_params(from_dict(Params, d))
 
 # %% ../nbs/00_core.ipynb #acb420e0
 def _merge(a: dict, b: dict) -> dict:
@@ -426,6 +516,66 @@ def fingerprint(obj) -> str:
     if is_dataclass(obj): obj = asdict(obj)
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/00_core.ipynb #9f49f905
+_NAMED_REQUIRED = {'datasets': ('kind',), 'variants': ('base',), 'studies': ('datasets', 'models', 'seeds')}
+
+def missing_keys(d: dict, cls=None, prefix: str = '') -> list[str]:
+    """The dotted keys a params mapping `d` lacks. Every key of every fixed section is required (a default that is
+    not written down is a hidden default); `variants` and `studies` may be absent; a named entry needs only the keys
+    of `_NAMED_REQUIRED` (the others have documented defaults: see the dataclasses above)."""
+    cls = cls or Params; out = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key, t = prefix + f.name, hints[f.name]
+        if f.name not in d:
+            if not (cls is Params and f.name in ('variants', 'studies')): out.append(key)
+        elif is_dataclass(t) and isinstance(d[f.name], dict): out += missing_keys(d[f.name], t, key + '.')
+        elif cls is Params and f.name in _NAMED_REQUIRED and isinstance(d[f.name], dict):
+            out += [f'{key}.{n}.{k}' for n, e in d[f.name].items() for k in _NAMED_REQUIRED[f.name]
+                    if not (isinstance(e, dict) and k in e)]
+    return out
+
+def _check_entries(p: Params):
+    "Each dataset's `overrides` and each variant's overrides: keys, types and ranges, named as the user wrote them."
+    sec = {'train': TrainParams, 'model': ModelParams, 'evaluate': EvaluateParams, 'text': TextParams}
+    for n, ds in p.datasets.items():
+        for s, v in ds.overrides.items(): from_dict(sec[s], v or {}, f'datasets.{n}.overrides.{s}.')
+        _walk_ranges(ds.overrides, '', f'datasets.{n}.overrides.')
+        try: resolve(p, n)
+        except ParamsError as e: raise ParamsError(f"with the overrides of 'datasets.{n}': {e}") from e
+    for n, v in p.variants.items():
+        from_dict(typing.get_type_hints(ModelParams)[v.base], v.model, f'variants.{n}.model.')
+        for s in ('train', 'text'): from_dict(sec[s], getattr(v, s), f'variants.{n}.{s}.')
+        _walk_ranges(v.model, f'model.{v.base}.', f'variants.{n}.model.')
+        for s in ('train', 'text'): _walk_ranges(getattr(v, s), f'{s}.', f'variants.{n}.{s}.')
+
+def load_params(path: str | Path | None = None) -> Params:
+    """Read and validate `params.yaml` (default: the project's): valid YAML, every key present, known keys, types,
+    ranges (`RANGES`), names, enums, and each dataset's and variant's overrides. Every error names the key and file."""
+    path = Path(path) if path else project_root()/'params.yaml'
+    if not path.exists(): raise FileNotFoundError(f"params file {path} not found; run from the project root or pass its path")
+    try: text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e: raise ParamsError(f"params file {path} cannot be read ({e})") from e
+    try: d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        m = getattr(e, 'problem_mark', None)
+        where = f' at line {m.line + 1}, column {m.column + 1}' if m else ''
+        raise ParamsError(f"params file {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}; "
+                          "fix the syntax (indentation, a missing ':' or an unclosed bracket)") from e
+    if not isinstance(d, dict):
+        raise ParamsError(f"params file {path} must be a mapping of sections (run, fetch, ...), but it is "
+                          f"{'empty' if d is None else 'a ' + type(d).__name__}: restore it (git checkout params.yaml)")
+    try:
+        miss = missing_keys(d)
+        if miss:
+            raise ParamsError(f"{len(miss)} params key(s) missing: {', '.join(repr(k) for k in miss[:8])}"
+                              f"{' ...' if len(miss) > 8 else ''}. Every knob is set explicitly (no hidden defaults): "
+                              "copy the missing keys from the shipped params.yaml (git show HEAD:params.yaml)")
+        p = check_params(from_dict(Params, d))
+        _check_entries(p)
+    except ParamsError as e: raise ParamsError(f"{e} [in {path}]") from e
+    return p
+
 # %% ../nbs/00_core.ipynb #9fb274de
 def seed_everything(seed: int, deterministic: bool = True):
     "Seed python, numpy and torch (all devices); make cuDNN deterministic as the official code does."
@@ -440,6 +590,6 @@ def get_device(want: str = 'auto', threads: int = 0):
     import torch
     if threads > 0: torch.set_num_threads(threads)
     if want == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError("params run.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise ParamsError("params key 'run.device' is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     if want == 'cpu' or (want == 'auto' and not torch.cuda.is_available()): return torch.device('cpu')
     return torch.device('cuda')

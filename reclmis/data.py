@@ -15,9 +15,10 @@ from tqdm import tqdm
 from .core import DataError, project_root
 
 # %% auto #0
-__all__ = ['MANIFESTS', 'SPLITS', 'INDEX_COLUMNS', 'sha256_file', 'verify_mirror', 'extract_mirror', 'download', 'fetch_upstream',
-           'fetch', 'read_image', 'read_mask', 'resize_bilinear', 'one_torch_thread', 'load_image', 'load_mask',
-           'index_qata', 'index_lvit', 'write_index', 'read_index', 'split_counts', 'decode', 'subset']
+__all__ = ['MANIFESTS', 'DEPTH16', 'SPLITS', 'INDEX_COLUMNS', 'sha256_file', 'verify_mirror', 'extract_mirror', 'download',
+           'fetch_upstream', 'fetch', 'read_image', 'read_mask', 'resize_bilinear', 'one_torch_thread', 'load_image',
+           'load_mask', 'index_qata', 'index_lvit', 'copy_lvit_folder', 'check_index_files', 'write_index',
+           'read_index', 'split_counts', 'decode', 'subset']
 
 # %% ../nbs/01_data.ipynb #e28ea436
 MANIFESTS: dict = {
@@ -295,10 +296,22 @@ def _open(path: Path) -> Image.Image:
                         "verification of the mirror would catch it") from e
     return im
 
-def _to_uint8(a: np.ndarray, path) -> np.ndarray:
+DEPTH16 = ('strict', 'official', 'rescale')
+
+def _to_uint8(a: np.ndarray, path, depth16: str = 'official') -> np.ndarray:
+    """16-bit data to uint8. `official`: keep the high byte, as cv2 does. `strict`: the same, but data that use
+    <= 12 bits (a 12-bit CT or X-ray stored in a 16-bit PNG keeps <= 16 grey levels that way) is a `DataError`
+    naming the switch. `rescale`: the image's own maximum becomes 255."""
     if a.dtype == np.uint8: return a
     if a.dtype == bool: return a.astype(np.uint8) * 255
     if a.dtype in (np.uint16, np.int32, np.int64, np.uint32) and a.min() >= 0 and a.max() < 65536:
+        if depth16 not in DEPTH16: raise ValueError(f"depth16 must be one of {DEPTH16}, got {depth16!r}")
+        mx = int(a.max())
+        if depth16 == 'rescale': return np.round(a.astype(np.float64) * (255 / max(mx, 1))).astype(np.uint8)
+        if depth16 == 'strict' and 0 < mx < 4096:
+            raise DataError(f"{path} is a 16-bit image whose values stop at {mx} (<= 12 bits): the official reader "
+                            f"keeps the high byte, which leaves {(mx >> 8) + 1} grey levels. Set datasets.<name>.depth16 "
+                            "to 'rescale' (scale the data's own range to 8 bits) or 'official' (accept it)")
         return (a >> 8).astype(np.uint8)  # cv2 reduces 16-bit PNG/TIFF to 8 bits by dropping the low byte
     raise DataError(f"{path} has pixel type {a.dtype} that reclmis cannot reduce to 8 bits; convert it to an 8-bit PNG")
 
@@ -306,11 +319,11 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     "RGB uint8 [H,W,3] -> grey [H,W] as cv2's PNG reader (libpng fixed-point ITU-R 601, truncated)."
     return ((rgb.astype(np.uint32) @ np.array([9798, 19235, 3735], np.uint32)) >> 15).astype(np.uint8)
 
-def read_image(path: str | Path, channels: int = 3) -> np.ndarray:
+def read_image(path: str | Path, channels: int = 3, depth16: str = 'official') -> np.ndarray:
     "Decode `path` at native size to uint8 [H,W,C]: C=3 in cv2's BGR order (grey replicated) or C=1 grey."
     if channels not in (1, 3): raise DataError(f"channels must be 1 or 3 (reading {path}); fix datasets.<name>.channels")
     im = _open(path)
-    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'): a = _to_uint8(np.asarray(im), path)  # 16-bit grey
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'): a = _to_uint8(np.asarray(im), path, depth16)  # 16-bit grey
     elif im.mode in ('L', 'LA', '1'): a = np.asarray(im.convert('L'))
     elif im.mode == 'F': raise DataError(f"{path} is a float image (mode F); convert it to an 8-bit PNG")
     else: a = np.asarray(im.convert('RGB'))
@@ -504,6 +517,44 @@ def index_lvit(root: str | Path, covid: bool = False, counts: dict | None = None
     return df
 
 # %% ../nbs/01_data.ipynb #cbd57806
+def copy_lvit_folder(src: str | Path, dest: str | Path, key: str = 'path') -> Path:
+    """Copy the user's own dataset `src` in LViT's layout (`{Train,Val,Test}_Folder/{img,labelcol}` and the
+    `*_text.xlsx` notes) into `dest` (replaced), so that the pipeline's outputs never point into the user's folder.
+    `key` names the params key in errors. A relative `src` is taken from the project root."""
+    src, dest = _from_root(src), Path(dest)
+    if not src.is_dir():
+        raise DataError(f"params key '{key}' is {str(src)!r}, which is not a folder: point it at your dataset in "
+                        "LViT's layout ({Train,Val,Test}_Folder/{img,labelcol} + *_text.xlsx)")
+    missing = [f for f in _LVIT_FOLDERS if not (src/f).is_dir()]
+    if missing:
+        raise DataError(f"{src} (params key '{key}') lacks {missing}: LViT's layout needs Train_Folder, Val_Folder and "
+                        "Test_Folder, each with img/, labelcol/ and its *_text.xlsx")
+    if dest.exists(): shutil.rmtree(dest)
+    for f in _LVIT_FOLDERS: shutil.copytree(src/f, dest/f)
+    return dest
+
+def check_index_files(df: pd.DataFrame, root: str | Path, index_path: str | Path = 'index.csv',
+                      verify_sha: bool = True) -> None:
+    """Refuse an index that disagrees with the files under `root`: a row whose image or mask is missing, an image
+    whose sha256 changed since the index was written (`verify_sha`), or a file in an indexed folder without its row.
+    Nothing is dropped or skipped without a word: each case is a `DataError` with the count, examples and the fix."""
+    root = Path(root); fix = "re-run the fetch stage (dvc repro -f fetch@<dataset>), which rebuilds both"
+    listed = set(df['image']) | set(df['mask'])
+    gone = sorted(f for f in listed if not (root/f).is_file())
+    if gone:
+        raise DataError(f"{len(gone)} file(s) named in {index_path} are missing under {root}, e.g. {gone[:3]}; {fix}")
+    if verify_sha:
+        bad = [im for im, sha in zip(df['image'], df['sha256']) if sha256_file(root/im) != sha]
+        if bad:
+            raise DataError(f"{len(bad)} image(s) under {root} changed since {index_path} was written, e.g. {bad[:3]}; "
+                            f"{fix}")
+    folders = {str(PurePosixPath(f).parent) for f in listed}
+    extra = sorted(str((Path(d)/p.name).as_posix()) for d in folders for p in _visible(root/d)
+                   if str((Path(d)/p.name).as_posix()) not in listed)
+    if extra:
+        raise DataError(f"{len(extra)} file(s) under {root} have no row in {index_path}, e.g. {extra[:3]}: they would "
+                        f"be silently left out; {fix}, or remove them")
+
 def write_index(df: pd.DataFrame, path: str | Path) -> Path:
     "Write index `df` as CSV to `path` (creating folders)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -527,7 +578,7 @@ def split_counts(df: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/01_data.ipynb #4e196356
 def decode(df: pd.DataFrame, root: str | Path, size: int, channels: int = 3, strict_masks: bool = False,
-           eval_size: int = 0) -> dict:
+           eval_size: int = 0, depth16: str = 'official') -> dict:
     """Decode the rows of index `df` (paths relative to `root`): images uint8 [N,C,size,size], masks uint8
     [N,size,size] in {0,1}, notes, names (image file names), and masks_eval [N,E,E] when 0 < eval_size != size."""
     root = Path(root)
@@ -538,7 +589,7 @@ def decode(df: pd.DataFrame, root: str | Path, size: int, channels: int = 3, str
     masks_eval = np.zeros((n, eval_size, eval_size), np.uint8) if ev else None
     with one_torch_thread():
         for i, (ip, mp) in enumerate(tqdm(list(zip(df['image'], df['mask'])), desc=f'decode {root.name}', unit='img')):
-            a, m = read_image(root/ip, channels), read_mask(root/mp, strict_masks)
+            a, m = read_image(root/ip, channels, depth16), read_mask(root/mp, strict_masks)
             if a.shape[:2] != m.shape:
                 raise DataError(f"image {root/ip} is {a.shape[1]}x{a.shape[0]} but its mask {root/mp} is "
                                 f"{m.shape[1]}x{m.shape[0]}; they must have the same native size: re-fetch or fix them")

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 import os
-from .core import (Params, ParamsError, DataError, load_params, resolve, dataset_params, project_root, seed_everything,
-                          get_device, fingerprint, MODELS, save_figure, base_model)
+from .core import (Params, ParamsError, DataError, CheckpointError, load_params, resolve, dataset_params,
+                          project_root, seed_everything, get_device, fingerprint, MODELS, save_figure, base_model)
+from .safeio import RunLock, atomic_write, write_json, write_text
 from .graph import code_hash
 from .dataset import make_split, save_split, load_split, batches, get_batch, Split
 from .data import sha256_file, subset
@@ -37,6 +38,7 @@ def paths(root, dataset: str, model: str | None = None, seed: int | None = None,
         if seed is None: raise ValueError("paths: a run needs its `seed` (one of run.seeds)")
         if study: b, r = root / 'build' / 'studies' / study / dataset, root / 'results' / 'studies' / study / dataset
         rb, rr = b / model / f's{seed}', r / model / f's{seed}'
+        d['lock'] = root / 'build' / '.locks' / f"{study or 'default'}-{dataset}-{model}-s{seed}.lock"   # safeio.RunLock
         d.update(ckpt=rb / 'ckpt', results=rr, live=rr / 'live', train_json=rr / 'train.json', metrics=rr / 'metrics.json',
                  per_image=rr / 'per_image.csv', overlays=rr / 'overlays.png', curves=rr / 'curves.png',
                  cf_png=rr / 'counterfactual.png', panel=rr / 'panel.npz', train_nb=rr / 'train.ipynb',
@@ -66,13 +68,21 @@ def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) ->
                 rows.append(dict(image=f'{split}/images/{name}', mask=f'{split}/masks/{name}', split=split, note=s.notes[i],
                                  sha256=sha256_file(pa['raw'] / split / 'images' / name), mask_pixels=int(s.masks[i].sum())))
         df = pd.DataFrame(rows)
+    elif ds.path:                                        # the user's own folder in LViT's layout (no manifest)
+        from reclmis.data import copy_lvit_folder, index_lvit
+        copy_lvit_folder(ds.path, pa['raw'], f'datasets.{dataset}.path')
+        counts = {f: ds.counts[s] for f, s in (('Train_Folder', 'train'), ('Val_Folder', 'val'), ('Test_Folder', 'test'))
+                  if s in ds.counts}
+        df = index_lvit(pa['raw'], counts=counts or None)
     else:
-        from reclmis.data import fetch, index_qata, index_lvit
+        from reclmis.data import fetch, index_qata, index_lvit, MANIFESTS
+        if not ds.mirror:
+            raise ParamsError(f"params key 'datasets.{dataset}.mirror' is empty: name a pinned dataset "
+                              f"({', '.join(MANIFESTS)}), or set datasets.{dataset}.path to your own folder (kind lvit)")
         source = os.environ.get('RECLMIS_DATA_MIRROR') or p.fetch.source
         fetch(ds.mirror, source, pa['raw'], root / p.fetch.download_dir if source == 'upstream' else None)
-        df = index_qata(pa['raw']) if ds.kind == 'qata' else index_lvit(pa['raw'])
-    pa['index'].parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(pa['index'], index=False)
+        df = index_qata(pa['raw']) if ds.kind == 'qata' else index_lvit(pa['raw'], counts=MANIFESTS[ds.mirror]['counts'])
+    atomic_write(pa['index'], lambda t: df.to_csv(t, index=False))
     return df
 
 # %% ../nbs/08_pipeline.ipynb #2e3c8042
@@ -82,7 +92,9 @@ def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) 
     "Decode build/<ds>/raw into build/<ds>/prepared/{train,val,test}.npz; write results/<ds>/data.json (counts, stats)."
     root = Path(root or project_root()); pa = paths(root, dataset, study=study); ds = dataset_params(p, dataset)
     if not pa['index'].exists(): raise DataError(f"index {pa['index']} not found; run `dvc repro fetch@{dataset}` first")
-    df = pd.read_csv(pa['index'], keep_default_na=False)
+    from reclmis.data import check_index_files, read_index
+    df = read_index(pa['index'])
+    check_index_files(df, pa['raw'], pa['index'], verify_sha=ds.kind != 'synth')
     stats = {'dataset': dataset, 'kind': ds.kind, 'img_size': ds.img_size, 'eval_size': ds.eval_size or ds.img_size, 'splits': {}}
     notes = {}
     pa['test_cf'].unlink(missing_ok=True)
@@ -102,7 +114,8 @@ def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) 
         else:
             from reclmis.data import decode
             eval_size = ds.eval_size if split == 'test' and ds.eval_size and ds.eval_size != ds.img_size else 0
-            d = decode(part, pa['raw'], ds.img_size, channels=ds.channels, strict_masks=ds.strict_masks, eval_size=eval_size)
+            d = decode(part, pa['raw'], ds.img_size, channels=ds.channels, strict_masks=ds.strict_masks, eval_size=eval_size,
+                       depth16=ds.depth16)
             extra = {'masks_eval': d['masks_eval']} if 'masks_eval' in d else {}
             sp = make_split(d['images'], d['masks'], d['notes'], d['names'], **extra)
             st = {}
@@ -115,9 +128,8 @@ def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) 
         stats['splits'][split] = {'n': len(sp), 'available': int((df.split == split).sum()),
                                   'empty_masks': int((sp.masks.flatten(1).sum(1) == 0).sum()),
                                   'unique_notes': len(set(sp.notes[i] for i in sp.note_idx.tolist())), **st}
-    pa['notes'].write_text(json.dumps(notes, indent=0))
-    pa['data_json'].parent.mkdir(parents=True, exist_ok=True)
-    pa['data_json'].write_text(json.dumps(stats, indent=1))
+    write_json(pa['notes'], notes, indent=0)
+    write_json(pa['data_json'], stats)
     return stats
 
 def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] | None = None) -> Split:
@@ -138,7 +150,7 @@ def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] |
 # %% ../nbs/08_pipeline.ipynb #e580b6cf
 def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, study: str | None = None) -> dict:
     "Encode the unique notes of `dataset` (from prepared/notes.json) once; write the text bank and results/<ds>/text.json."
-    from reclmis.text import make_text_encoder, encode_notes, check_text_encoder
+    from reclmis.text import make_text_encoder, encode_notes, check_text_encoder, note_warnings, unknown_share, pad_eof
     root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset, study=study); t = q.text
     check_text_encoder(t.encoder)                      # a params error first, before any file is read
     if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro prepare@{dataset}` first")
@@ -149,9 +161,13 @@ def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, stud
     bank = encode_notes(notes, enc, t.token_len, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
     if t.standardize: bank = bank.standardized(json.loads(pa['notes'].read_text())['train'])
     bank.save(pa['bank'])
-    st = {'dataset': dataset, **bank.stats(), 'encode_s': round(time.time() - t0, 1)}
-    pa['text_json'].parent.mkdir(parents=True, exist_ok=True)
-    pa['text_json'].write_text(json.dumps(st, indent=1))
+    texts = [pad_eof(n, t.eof_min_words) if t.pad_eof else n for n in bank.notes]
+    unk = unknown_share(enc, texts)
+    warn = note_warnings(bank.notes, bank.meta['n_tokens_full'], unk, t.token_len, f' of {dataset}')
+    for w in warn: print(f'warning: {w}')
+    st = {'dataset': dataset, **bank.stats(), 'n_notes_mostly_unknown': sum(u >= 0.5 for u in unk), 'warnings': warn,
+          'encode_s': round(time.time() - t0, 1)}
+    write_json(pa['text_json'], st)
     return st
 
 # %% ../nbs/08_pipeline.ipynb #a8e4ef41
@@ -209,10 +225,15 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     """Train `model` (a model or variant name) on `dataset` with the effective params and training `seed`; resumable;
     writes results/<ds>/<model>/s<seed>/train.json. The fingerprint that matches a checkpoint to its run covers the
     params, the seed and the source of every module the training imports (`graph.code_hash`)."""
-    from reclmis.train import fit
-    from reclmis.unet import n_params
     root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
     pa = paths(root, dataset, model, seed, study)
+    with RunLock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+        return _train(dataset, model, q, base, seed, pa, progress, study)
+
+def _train(dataset, model, q, base, seed, pa, progress, study) -> dict:
+    "The body of `train_stage`, under the run's lock."
+    from reclmis.train import fit
+    from reclmis.unet import n_params
     device = get_device(q.run.device, q.run.threads)
     seed_everything(seed)
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
@@ -234,21 +255,29 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
            'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'], 'fingerprint': fp, 'machines': st.get('machines', [])}
     if not st['done']: print(f"time limit (train.max_minutes) after epoch {len(st['history'])} of {q.train.epochs}: "
                              f"run `reclmis train {dataset} {model} --seed {seed}` again to resume")
-    pa['train_json'].parent.mkdir(parents=True, exist_ok=True)
-    pa['train_json'].write_text(json.dumps(out, indent=1))
+    write_json(pa['train_json'], out)
     return out
 
 # %% ../nbs/08_pipeline.ipynb #694a47a3
 def load_checkpoint_model(path, model: str | None = None, p: Params | None = None, dataset: str | None = None,
-                          in_ch: int | None = None, text_dim: int = 0, device='cpu', aux: bool = False):
+                          in_ch: int | None = None, text_dim: int = 0, device='cpu', aux: bool = False,
+                          fingerprint_of=None):
     """Load a trained model from `path` for inference, **strictly**. With `p` the model is built from those params (and
     a checkpoint made with other params is refused, naming the keys); without, from the checkpoint's own spec.
-    The training-only modules (RecLMIS's reconstructors and POI/WOI heads) are left out unless `aux`."""
+    The training-only modules (RecLMIS's reconstructors and POI/WOI heads) are left out unless `aux`. With
+    `fingerprint_of` (a `train.json`), a checkpoint that another run made is refused (`CheckpointError`)."""
+    from reclmis.train import read_checkpoint
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"checkpoint {path} not found; run the train stage first (dvc repro)")
-    ck = torch.load(path, map_location='cpu', weights_only=False)
-    if not isinstance(ck, dict) or 'model' not in ck:
-        raise DataError(f"{path} is not a reclmis checkpoint (no 'model' state dict); use build/<ds>/<model>/ckpt/best.pt")
+    ck = read_checkpoint(path, ('model',))
+    if fingerprint_of is not None:
+        want = json.loads(Path(fingerprint_of).read_text()).get('fingerprint') if Path(fingerprint_of).exists() else None
+        if want is None:
+            raise CheckpointError(f"{fingerprint_of} not found or without a fingerprint: the run that made {path} did "
+                                  "not finish; run its train stage again (dvc repro)")
+        if ck.get('fingerprint') != want:
+            raise CheckpointError(f"{path} (fingerprint {ck.get('fingerprint')}) was not made by the run recorded in "
+                                  f"{fingerprint_of} (fingerprint {want}): two runs mixed their files; train this run "
+                                  "again (dvc repro -f train@...; the old checkpoints are kept in ckpt/superseded)")
     spec = ck.get('spec') or {}
     if p is not None:
         net = build_model(model, p, in_ch, p.datasets[dataset].img_size if dataset in p.datasets else 64, text_dim, aux)
@@ -260,17 +289,20 @@ def load_checkpoint_model(path, model: str | None = None, p: Params | None = Non
     fix = "re-train (dvc repro) or restore the params it was trained with"
     try: missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when strict=False
-        raise RuntimeError(f"checkpoint {path} does not fit model '{model}' with the current params ({fix}): {e}") from e
+        raise CheckpointError(f"checkpoint {path} does not fit model '{model}' with the current params ({fix}): {e}") from e
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {path} does not fit model '{model}' with the current params: "
+        raise CheckpointError(f"checkpoint {path} does not fit model '{model}' with the current params: "
                            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}; {fix}")
     net.spec = spec
     return net.to(device).eval()
 
-def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu', dataset: str | None = None, text_dim: int = 0):
-    "Build `model_name` from params and load `ckpt_dir/best.pt` strictly (inference path); a mismatch is an error naming the keys."
+def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu', dataset: str | None = None, text_dim: int = 0,
+              train_json=None):
+    """Build `model_name` from params and load `ckpt_dir/best.pt` strictly (inference path); a mismatch is an error
+    naming the keys; with `train_json`, a `best.pt` that another run made is refused."""
     if dataset is None: dataset = next(iter(p.datasets), None)
-    return load_checkpoint_model(Path(ckpt_dir) / 'best.pt', model_name, p, dataset, in_ch, text_dim, device)
+    return load_checkpoint_model(Path(ckpt_dir) / 'best.pt', model_name, p, dataset, in_ch, text_dim, device,
+                                 fingerprint_of=train_json)
 
 @torch.no_grad()
 def predict_split(net, split: Split, batch_size: int, device, out_size: int = 0, amp: str = 'bf16') -> torch.Tensor:
@@ -345,13 +377,36 @@ def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_di
 def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None, study: str | None = None) -> dict:
     """Score the best checkpoint of the run on the whole test split; write metrics.json, per_image.csv, panel.npz,
     overlays.png, curves.png, and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
-    from reclmis.metrics import MetricAccumulator, bootstrap_ci, dice_a, confusion_counts
     root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
     pa = paths(root, dataset, model, seed, study)
+    with RunLock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+        return _evaluate(dataset, model, q, base, seed, pa)
+
+def _savez(path, arrays: dict):
+    with open(path, 'wb') as f: np.savez_compressed(f, **arrays)   # a file object: numpy adds no '.npz' to the name
+
+_EVAL_OUTS = ('cf_png', 'overlays', 'curves', 'panel', 'per_image', 'metrics')   # moved into place in this order
+
+def _evaluate(dataset, model, q, base, seed, pa) -> dict:
+    """The body of `evaluate_stage`, under the run's lock. Every result is written into a staging folder first and
+    moved into place only when all of them exist (metrics.json last): a run that fails (a bug, a full disk) leaves
+    the previous results untouched."""
+    stage = pa['results'] / f'.staging-{os.getpid()}'
+    final, pa = pa, {**pa, **{k: stage / pa[k].name for k in _EVAL_OUTS}}
+    try:
+        m = _score(dataset, model, q, base, seed, pa)
+        for k in _EVAL_OUTS:
+            if pa[k].exists(): os.replace(pa[k], final[k])
+    finally: shutil.rmtree(stage, ignore_errors=True)
+    return m
+
+def _score(dataset, model, q, base, seed, pa) -> dict:
+    "Score the run; write its results to the (staged) paths `pa`."
+    from reclmis.metrics import MetricAccumulator, bootstrap_ci, dice_a, confusion_counts
     device = get_device(q.run.device, q.run.threads)
     te, bank = _with_text(base, load_split(pa['prepared'] / 'test.npz'), pa)
     text_dim = bank.dim if bank else 0
-    net = load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, text_dim)
+    net = load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, text_dim, train_json=pa['train_json'])
     target = te.extra.get('masks_eval', te.masks)
     t0 = time.time()
     prob = predict_split(net, te, q.evaluate.batch_size, device, target.shape[-1], q.run.amp)
@@ -364,17 +419,17 @@ def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | N
              predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type, model=model, base_model=base, seed=seed)
     m.update(counterfactual_eval(base, net, te, prob, acc, pa, q, device))
     m.update(compute_profile(net, te, base, q, dataset, text_dim))
-    pa['results'].mkdir(parents=True, exist_ok=True)
-    pa['metrics'].write_text(json.dumps(m, indent=1))
     pick = panel_indices(te.names, q.evaluate.n_panel)
     img = te.images[pick].float().mean(1, keepdim=True)
     if img.shape[-1] != target.shape[-1] and len(pick):
         img = torch.nn.functional.interpolate(img, size=target.shape[-2:], mode='bilinear', align_corners=False)
-    np.savez_compressed(pa['panel'], names=np.array([te.names[i] for i in pick]), notes=np.array([te.notes[int(te.note_idx[i])] for i in pick]),
+    panel = dict(names=np.array([te.names[i] for i in pick]), notes=np.array([te.notes[int(te.note_idx[i])] for i in pick]),
                         image=img[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), target=target[pick].numpy(),
                         prob=(prob[pick].numpy() * 255).round().astype(np.uint8))
     df = acc.per_image(); df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
-    df.to_csv(pa['per_image'], index=False)
+    write_json(pa['metrics'], m)
+    atomic_write(pa['panel'], lambda t: _savez(t, panel))
+    atomic_write(pa['per_image'], lambda t: df.to_csv(t, index=False))
     plot_overlays(te, prob, df.dice_a.to_numpy(), q.evaluate.n_overlays, pa['overlays'], title=f'{model} on {dataset} test')
     if pa['train_json'].exists(): plot_curves(json.loads(pa['train_json'].read_text())['history'], pa['curves'], f'{model} on {dataset}')
     return m

@@ -4,14 +4,14 @@
 
 # %% ../nbs/17_predict.ipynb #79d20350
 from __future__ import annotations
-import textwrap
+import textwrap, warnings
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import DataError, project_root
 from .data import read_image, resize_bilinear
-from .text import check_note, make_text_encoder, pad_eof, apply_standardize
+from .text import check_note, make_text_encoder, pad_eof, apply_standardize, note_warnings, note_lengths, unknown_share
 from .pipeline import load_checkpoint_model
 
 # %% auto #0
@@ -33,6 +33,8 @@ class Segmenter:
         "Token features [1,L,D] and mask [1,L] of `note`, made exactly as the encode stage makes them."
         t = self.spec['text']
         text = pad_eof(note, t['eof_min_words']) if t['pad_eof'] else note
+        for w in note_warnings([note], note_lengths(self.encoder, [text]), unknown_share(self.encoder, [text]),
+                               t['token_len']): warnings.warn(w)
         ids, mask = self.encoder.tokenize([text], t['token_len'])
         return apply_standardize(self.encoder(ids, mask).float(), self.spec.get('text_meta') or {}).to(self.device), mask.to(self.device)
 
@@ -58,7 +60,11 @@ class Segmenter:
             if note is None: raise DataError(f"model '{self.spec['model']}' reads the note: pass one (--note)")
             e, m = self.encode(check_note(note, str(image) if isinstance(image, (str, Path)) else 'the image'))
             logits = self.net(x, e, m)
-        else: logits = self.net(x)
+        else:
+            if note:
+                warnings.warn(f"model '{self.spec['model']}' ({self.ckpt}) does not read notes: the note is ignored "
+                              "and the mask comes from the image alone")
+            logits = self.net(x)
         logits = F.interpolate(logits.float(), size=(H, W), mode='bilinear', align_corners=False) if (H, W) != (S, S) else logits
         prob = torch.sigmoid(logits)[0, 0].cpu().numpy()
         return {'prob': prob, 'mask': (prob > self.threshold).astype(np.uint8), 'image': a, 'note': note}
@@ -79,12 +85,22 @@ def save_prediction(out: dict, out_dir, stem: str = 'prediction') -> dict:
     fig.tight_layout(); fig.savefig(op, dpi=110); plt.close(fig)
     return {'mask': mp, 'overlay': op}
 
-def predict(image, note: str | None = None, ckpt=None, model: str = 'reclmis', dataset: str = 'synth', out_dir='predictions',
-            device: str = 'cpu', seed: int = 3407) -> dict:
-    """Segment `image` from `note` with `ckpt` (default: the pipeline's `build/<dataset>/<model>/s<seed>/ckpt/best.pt`);
-    write mask + overlay."""
-    ckpt = Path(ckpt) if ckpt else project_root() / 'build' / dataset / model / f's{seed}' / 'ckpt' / 'best.pt'
+def predict(image, note: str | None = None, ckpt=None, model: str | None = None, dataset: str | None = None,
+            out_dir='predictions', device: str = 'cpu', seed: int | None = None) -> dict:
+    """Segment `image` from `note` with `ckpt` (default: the pipeline's `build/<dataset>/<model>/s<seed>/ckpt/best.pt`,
+    with reclmis, synth and 3407 for what is not given); write mask + overlay. A `model`, `dataset` or `seed` given
+    with `ckpt` must agree with the checkpoint (an error otherwise: it would be silently ignored)."""
+    if ckpt is None:
+        ckpt = project_root() / 'build' / (dataset or 'synth') / (model or 'reclmis') / f"s{3407 if seed is None else seed}"
+        ckpt = ckpt / 'ckpt' / 'best.pt'
+    ckpt = Path(ckpt)
     if not ckpt.exists(): raise FileNotFoundError(f"checkpoint {ckpt} not found: run `dvc repro` first, or pass --ckpt")
-    out = Segmenter(ckpt, device)(image, note)
+    seg = Segmenter(ckpt, device)
+    for opt, want, have in (('--model', model, (seg.spec.get('variant'), seg.spec.get('model'))),
+                            ('--dataset', dataset, (seg.spec.get('dataset'),)), ('--seed', seed, (seg.spec.get('seed'),))):
+        if want is not None and want not in have:
+            raise DataError(f"{opt} {want} disagrees with the checkpoint {ckpt}, which was made with {opt[2:]} "
+                            f"{have[0]}; drop {opt} or pass the checkpoint of that run (--ckpt)")
+    out = seg(image, note)
     stem = Path(image).stem if isinstance(image, (str, Path)) else 'prediction'
     return {**save_prediction(out, out_dir, stem), 'foreground_pixels': int(out['mask'].sum())}

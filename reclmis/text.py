@@ -18,7 +18,7 @@ from .core import DataError, ParamsError
 __all__ = ['EOF_PAD', 'SOT', 'EOT', 'TEXT_ENCODERS', 'pad_eof', 'check_note', 'clip_bpe', 'clip_tokenize', 'TextEncoder',
            'HFTokenEncoder', 'minilm_path', 'clip_text_config', 'openai_to_hf_clip_text', 'CLIPTextEncoder',
            'register_text_encoder', 'check_text_encoder', 'make_text_encoder', 'TextBank', 'apply_standardize',
-           'encode_notes']
+           'encode_notes', 'note_lengths', 'unknown_share', 'note_warnings']
 
 # %% ../nbs/11_text.ipynb #6ab7a004
 EOF_PAD = ' EOF XXX'
@@ -283,9 +283,45 @@ def encode_notes(notes: list[str], encoder: TextEncoder, token_len: int = 18, pa
         feats.append(encoder(ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)).float().cpu())
     feats = torch.cat(feats) if feats else torch.zeros(0, token_len, encoder.dim)
     meta = {'encoder': encoder.name, 'weights': getattr(encoder, 'source', ''), 'pad_eof': pad, 'eof_min_words': min_words,
-            'n_tokens_full': (full != 0).sum(1).tolist() if encoder.name == 'clip-vit-b32' else _hf_lengths(encoder, texts)}
+            'n_tokens_full': note_lengths(encoder, texts, full)}
     return TextBank(uniq, feats, mask, ids, meta)
 
 def _hf_lengths(encoder, texts) -> list[int]:
     tok = getattr(encoder, 'tokenizer', None)
     return [len(tok(t)['input_ids']) for t in texts] if tok is not None else []
+
+def note_lengths(encoder: TextEncoder, texts: list[str], full: torch.Tensor | None = None) -> list[int]:
+    "Untruncated token counts of `texts` (special tokens included, as `token_len` counts them)."
+    if encoder.name == 'clip-vit-b32':
+        if full is None: full, _ = encoder.tokenize(texts, 512)
+        return (full != 0).sum(1).tolist()
+    return _hf_lengths(encoder, texts)
+
+def unknown_share(encoder: TextEncoder, texts: list[str]) -> list[float]:
+    """Per note, the share of its word pieces that the encoder's vocabulary does not know (`[UNK]`). 0 for CLIP's
+    byte-level BPE, which can spell every string (it reads an unknown word as many odd pieces instead)."""
+    tok = getattr(encoder, 'tokenizer', None)
+    if tok is None or getattr(tok, 'unk_token_id', None) is None: return [0.0] * len(texts)
+    out = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)['input_ids']
+        out.append(sum(i == tok.unk_token_id for i in ids) / max(len(ids), 1))
+    return out
+
+def note_warnings(notes: list[str], n_tokens: list[int], unknown: list[float], token_len: int,
+                  where: str = '') -> list[str]:
+    """What the encoder will not read, in numbers: notes longer than `token_len` tokens (their tail is cut) and notes
+    whose word pieces are mostly (>= 50 %) unknown to its vocabulary. Each message gives a count, an example and the
+    switch."""
+    out, n = [], len(notes)
+    long = [(x, t) for x, t in zip(notes, n_tokens) if t > token_len]
+    if long:
+        out.append(f"{len(long)} of {n} notes{where} are longer than text.token_len = {token_len} tokens (longest "
+                   f"{max(t for _, t in long)}); the encoder reads only the first {token_len}, e.g. of "
+                   f"{long[0][0][:80]!r}. Raise text.token_len to keep them whole")
+    odd = [x for x, u in zip(notes, unknown) if u >= 0.5]
+    if odd:
+        out.append(f"{len(odd)} of {n} notes{where} are mostly unknown to the text encoder's vocabulary (>= 50 % "
+                   f"[UNK] pieces), e.g. {odd[0][:80]!r}: the model cannot read them. Write notes in the language "
+                   "and vocabulary of the training notes, or choose another text.encoder")
+    return out

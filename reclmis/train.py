@@ -4,19 +4,21 @@
 
 # %% ../nbs/06_train.ipynb #3c656aab
 from __future__ import annotations
-import json, math, time, warnings
+import json, math, os, pickle, time, warnings, zipfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import TrainParams, fingerprint, machine
+from .core import TrainParams, CheckpointError, fingerprint, machine
+from .safeio import torch_save
 from .dataset import Split, batches, get_batch
 
 # %% auto #0
-__all__ = ['soft_dice_loss', 'bce_loss', 'seg_loss', 'make_optimizer', 'make_scheduler', 'save_checkpoint', 'load_checkpoint',
-           'hard_dice_val', 'default_forward', 'default_loss', 'autocast_ctx', 'evaluate_val', 'fit']
+__all__ = ['soft_dice_loss', 'bce_loss', 'seg_loss', 'make_optimizer', 'make_scheduler', 'read_checkpoint', 'supersede',
+           'save_checkpoint', 'load_checkpoint', 'hard_dice_val', 'default_forward', 'default_loss', 'autocast_ctx',
+           'evaluate_val', 'fit']
 
 # %% ../nbs/06_train.ipynb #5363296c
 def soft_dice_loss(prob, target, weight: float = 0.5, eps: float = 1e-5):
@@ -53,8 +55,40 @@ def make_scheduler(opt, cfg: TrainParams):
     raise ValueError(f"unknown train.schedule {cfg.schedule!r}")
 
 # %% ../nbs/06_train.ipynb #383bf7d3
-def _atomic_save(obj, path: Path):
-    tmp = path.with_suffix('.tmp'); torch.save(obj, tmp); tmp.replace(path)
+def _atomic_save(obj, path: Path): torch_save(obj, path)   # unique temp name + rename: two writers never share a file
+
+_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, AttributeError, ImportError,
+               KeyError, IndexError, TypeError, zipfile.BadZipFile)   # what torch.load raises on a damaged file
+
+def read_checkpoint(path, need: tuple = ('model',)) -> dict:
+    """The checkpoint dict at `path`, loaded on the CPU. A truncated, unreadable or foreign file (no `need` keys) is a
+    `CheckpointError` naming the file; a missing file stays a `FileNotFoundError`."""
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"checkpoint {path} not found; run the train stage first (dvc repro)")
+    try: ck = torch.load(path, map_location='cpu', weights_only=False)
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}; make it readable (chmod u+r {path})") from e
+    except _UNREADABLE as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable, truncated or not a torch file "
+                              f"({type(e).__name__}: {str(e)[:160]})") from e
+    lacks = [k for k in need if k not in ck] if isinstance(ck, dict) else list(need)
+    if lacks:
+        raise CheckpointError(f"{path} is not a reclmis checkpoint (it lacks {lacks}); use one written by "
+                              "`reclmis train`")
+    return ck
+
+def supersede(out_dir, reason: str) -> list[Path]:
+    """Move `out_dir`'s `last.pt` and `best.pt` into `out_dir/superseded/` (replacing an older generation there) so
+    that a run starting afresh never mixes its checkpoints with another run's, and never deletes them."""
+    out_dir, moved = Path(out_dir), []
+    for name in ('last.pt', 'best.pt'):
+        if (out_dir / name).exists():
+            (out_dir / 'superseded').mkdir(exist_ok=True)
+            os.replace(out_dir / name, out_dir / 'superseded' / name); moved.append(out_dir / 'superseded' / name)
+    if moved: print(f"{reason}: moved {', '.join(p.name for p in moved)} to {out_dir / 'superseded'}; starting afresh")
+    return moved
+
+_LAST_KEYS = ('model', 'opt', 'sched', 'state', 'rng')
 
 def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator):
     _atomic_save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
@@ -63,7 +97,7 @@ def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator):
 
 def load_checkpoint(ck, model, opt=None, sched=None, gen=None, map_location='cpu') -> dict:
     "Restore a checkpoint written by `save_checkpoint` (a path, or the dict already loaded; strict key matching); returns its `state`."
-    if not isinstance(ck, dict): ck = torch.load(ck, map_location=map_location, weights_only=False)
+    if not isinstance(ck, dict): ck = read_checkpoint(ck, _LAST_KEYS)
     model.load_state_dict(ck['model'])
     if opt is not None: opt.load_state_dict(ck['opt'])
     if sched is not None: sched.load_state_dict(ck['sched'])
@@ -111,6 +145,22 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
         tot = tot + hard_dice_val(torch.sigmoid(logits.float()), b['mask'], threshold).sum(); n += len(idx)
     return float(tot) / max(n, 1)
 
+def _resumable(last: Path, fp: str) -> dict | None:
+    """The checkpoint `last` when it continues the run with fingerprint `fp`, else None after moving the folder's
+    checkpoints aside (`supersede`). A damaged `last.pt` is moved to `last.pt.corrupt` and reported: the same command
+    run again trains afresh, and nothing else is touched."""
+    if last.exists():
+        try: ck = read_checkpoint(last, _LAST_KEYS)        # RNG states must stay on the CPU
+        except CheckpointError as e:
+            bad = last.with_name('last.pt.corrupt'); os.replace(last, bad)
+            raise CheckpointError(f"{e}. It was moved to {bad}: run the same command again to train this run afresh "
+                                  "(best.pt and the results stay until the new run replaces them)") from e
+        if ck['state'].get('fingerprint') == fp: return ck
+        why = f"{last} was made with other params or code (fingerprint {ck['state'].get('fingerprint')} != {fp})"
+    else: why = f"no {last.name} to resume"
+    supersede(last.parent, why)
+    return None
+
 def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=torch.device('cpu'), amp: str = 'bf16',
         seed: int = 3407, forward: Callable = default_forward, loss_fn: Callable | None = None,
         live_dir=None, run_fingerprint: str = '', progress: bool = True, meta: dict | None = None) -> dict:
@@ -121,6 +171,9 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     GPU path: the splits live on the device as uint8, batch order and flips are drawn by a generator on the device,
     losses are accumulated on the device and read once per epoch (`train.sync_every`), optional channels-last memory
     format (`train.channels_last`) and `torch.compile` (`train.compile`), bf16 autocast (`run.amp`)."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
+    if len(train) == 0 or len(val) == 0: raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} images)")
     device = torch.device(device)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = loss_fn or default_loss(cfg)
@@ -133,15 +186,12 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     fp = run_fingerprint or fingerprint(cfg)
     state = {'epoch': -1, 'best_dice': -1.0, 'best_epoch': -1, 'history': [], 'fingerprint': fp, 'done': False}
     last, best = out_dir / 'last.pt', out_dir / 'best.pt'
-    resumed = False
-    if last.exists():
-        ck = torch.load(last, map_location='cpu', weights_only=False)  # RNG states must stay on the CPU
-        ck_state = ck['state']
-        if ck_state.get('fingerprint') == fp:
-            state = load_checkpoint(ck, model, opt, sched, gen); resumed = True
-            print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice {state['best_dice']:.4f} at epoch {state['best_epoch'] + 1})")
-        else:
-            print(f"{last} was made with other params (fingerprint {ck_state.get('fingerprint')} != {fp}); starting afresh")
+    ck = _resumable(last, fp)
+    resumed = ck is not None
+    if resumed:
+        state = load_checkpoint(ck, model, opt, sched, gen)
+        print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice {state['best_dice']:.4f} at "
+              f"epoch {state['best_epoch'] + 1})")
     if not state['done'] and state['epoch'] + 1 < cfg.epochs:     # this run trains: record where (once per machine in a row)
         ms, here = state.setdefault('machines', []), machine()
         if not ms or ms[-1] != here: ms.append(here)
