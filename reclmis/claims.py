@@ -8,6 +8,7 @@ import json, time
 from pathlib import Path
 from statistics import NormalDist
 from .core import project_root
+from .safeio import write_json
 
 # %% auto #0
 __all__ = ['CLAIMS', 'COMMANDS', 'mde', 'verdict', 'pair_rows', 'ablate_rows', 'bench_rows', 'claim_rows', 'claims_table',
@@ -149,9 +150,8 @@ def write_claims(root=None, out='results/claims.json') -> list[dict]:
     root = Path(root or project_root()); t0 = time.time()
     bf = root / 'results/bench-cpu.json'
     rows = claim_rows(load_summaries(root / 'results/studies'), json.loads(bf.read_text()) if bf.exists() else None)
-    f = root / out; f.parent.mkdir(parents=True, exist_ok=True); tmp = f.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps({'rows': rows, 'n_rows': len(rows), 'ledger_s': round(time.time() - t0, 2)}, indent=1))
-    tmp.replace(f)
+    f = root / out
+    write_json(f, {'rows': rows, 'n_rows': len(rows), 'ledger_s': round(time.time() - t0, 2)})
     return rows
 
 # %% ../nbs/25_claims.ipynb #d5ecac12

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from .core import Params, project_root, resolve, base_model, get_device
 from .study import unit_of
+from .safeio import RunLock, write_json
 
 # %% auto #0
 __all__ = ['boundary_metrics', 'derangement', 'cluster_ci', 'probe_stage']
@@ -69,10 +70,18 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
     root = Path(root or project_root()); q = resolve(p, dataset, model, study); base = base_model(p, model)
     seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else int(seed)
     pa = pl.paths(root, dataset, model, seed, study)
+    with RunLock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+        return _probe(dataset, model, q, base, seed, pa)
+
+def _probe(dataset, model, q, base, seed, pa) -> dict:
+    "The body of `probe_stage`, under the run's lock."
+    from reclmis import pipeline as pl
+    from reclmis.dataset import Split
     device = get_device(q.run.device, q.run.threads)
     t0 = time.time()
     te, bank = pl._with_text(base, pl.load_split(pa['prepared'] / 'test.npz'), pa)
-    net = pl.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0)
+    net = pl.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0,
+                       train_json=pa['train_json'])
     target = te.extra.get('masks_eval', te.masks); thr, bs, S = q.evaluate.threshold, q.evaluate.batch_size, target.shape[-1]
     prob = pl.predict_split(net, te, bs, device, S, q.run.amp)
     dice = _dice(prob, target, thr)
@@ -101,6 +110,5 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
             out.update(text_swap_n=len(sw), text_swap_orig_dice_a=float(dice[keep].mean()),
                        text_swap_dice_a=float(_dice(ps, sw.extra['masks_orig'], thr).mean()))
     out['probe_s'] = round(time.time() - t0, 1)
-    f = pa['results'] / 'probes.json'; tmp = f.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(out, indent=1)); tmp.replace(f)
+    write_json(pa['results'] / 'probes.json', out)
     return out

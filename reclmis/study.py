@@ -8,6 +8,7 @@ import json, re, time
 from pathlib import Path
 import numpy as np
 from .core import Params, project_root
+from .safeio import write_json
 
 # %% auto #0
 __all__ = ['ABLATION', 'SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table',
@@ -244,8 +245,8 @@ def write_summary(p: Params, study: str, out='results/studies', root=None) -> st
     t0 = time.time()
     s = SUMMARIES[study](p, root)
     out.mkdir(parents=True, exist_ok=True)
-    f = out / f'summary-{study}.json'; tmp = f.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps({'study': study, 'summary': s, 'summary_s': round(time.time() - t0, 1)}, indent=1)); tmp.replace(f)
+    f = out / f'summary-{study}.json'
+    write_json(f, {'study': study, 'summary': s, 'summary_s': round(time.time() - t0, 1)})
     return TABLES[study](s) if s else f'_{study}: no runs yet_'
 
 def load_summaries(studies_dir='results/studies') -> dict:

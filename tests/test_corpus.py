@@ -11,62 +11,7 @@ from typing import Callable
 import numpy as np, pandas as pd, pytest, torch, yaml
 from PIL import Image
 from reclmis import cli, safeio
-
-TINY = {'synth': {'n_train': 24, 'n_val': 8, 'n_test': 8, 'size': 32}, 'datasets': {'synth': {'img_size': 32}},
-        'train': {'epochs': 2, 'batch_size': 8}, 'run': {'models': ['unet'], 'threads': 1},
-        'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}},
-        'evaluate': {'n_boot': 20, 'n_overlays': 2, 'n_panel': 2}}
-RUN = Path('synth/unet/s3407')
-
-
-def _merge(a, b):
-    for k, v in b.items(): a[k] = _merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-    return a
-
-
-def _main(args, ws, capsys):
-    "Run `reclmis <args>` in the workspace; returns (exit status, stdout + stderr)."
-    old = os.getcwd(); os.chdir(ws)
-    try: rc = cli.main([str(a) for a in args])
-    finally: os.chdir(old)
-    out = capsys.readouterr()
-    return rc, out.out + out.err
-
-
-@pytest.fixture(scope='module')
-def pristine(tmp_path_factory, root):
-    "A workspace with the tiny embedded data fetched, prepared, encoded, and one U-Net run trained and evaluated."
-    ws = tmp_path_factory.mktemp('ws') / 'proj'; ws.mkdir()
-    shutil.copy(root / 'settings.ini', ws)
-    y = _merge(yaml.safe_load((root / 'params.yaml').read_text()), TINY)
-    (ws / 'params.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
-    mp = pytest.MonkeyPatch(); mp.setenv('RECLMIS_ROOT', str(ws)); mp.chdir(ws)
-    try:
-        for args in (['fetch', 'synth'], ['prepare', 'synth'], ['encode', 'synth'], ['train', 'synth', 'unet'],
-                     ['evaluate', 'synth', 'unet']):
-            assert cli.main(args) == 0, args
-    finally: mp.undo()
-    assert (ws / 'results' / RUN / 'metrics.json').exists()
-    return ws
-
-
-@pytest.fixture
-def ws(pristine, tmp_path, monkeypatch):
-    "A fresh copy of the pristine workspace for one case."
-    w = tmp_path / 'proj'; shutil.copytree(pristine, w, symlinks=True)
-    monkeypatch.setenv('RECLMIS_ROOT', str(w))
-    return w
-
-
-def snapshot(ws) -> dict:
-    "sha256 of every file under build/ and results/ (lock files excluded: they record the last holder)."
-    out = {}
-    for top in ('build', 'results'):
-        for p in sorted((ws / top).rglob('*')):
-            if p.is_file() and '.locks' not in p.parts:
-                out[str(p.relative_to(ws))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
+from conftest import RUN, cli_main as _main, snapshot
 
 def bad_params(edit):
     "Setup: write params file bad.yaml from the workspace's params.yaml through `edit(y)` (or raw text)."
