@@ -79,7 +79,7 @@ def _main(argv=None):
     elif a.cmd == 'encode': print(json.dumps(pl.encode_stage(a.dataset, p, study=data), indent=1))
     elif a.cmd == 'train':
         r = pl.train_stage(a.dataset, a.model, p, seed=a.seed, study=a.study)
-        print({k: v for k, v in r.items() if k != 'history'})
+        if os.environ.get('RANK', '0') == '0': print({k: v for k, v in r.items() if k != 'history'})   # torchrun: rank 0
     elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study), indent=1))
     return 0
 

@@ -108,6 +108,7 @@ class RunParams:
     study_datasets: list[str] = field(default_factory=lambda: ['synth'])  # datasets the study pipeline prepares (studies/dvc.yaml)
     device: str = 'auto'       # auto | cpu | cuda
     threads: int = 2           # torch CPU threads (0 = torch's default)
+    nproc: int = 1             # training processes per run (> 1: the train stage launches torchrun, DDP; gloo on CPU)
     seed: int = 3407           # data and statistics seed: subsets, counterfactual notes, bootstrap (official RecLMIS seed)
     amp: str = 'bf16'          # autocast dtype on CUDA: bf16 | fp16 | none (CPU always runs fp32)
     live: bool = True          # dvclive training logs under results/<ds>/<model>/live (false: a machine without dvclive; train.json keeps the curves)
@@ -259,6 +260,7 @@ class TrainParams:
     sync_every: int = 0         # steps between host reads of the loss (non-finite check); 0 = auto: every step on CPU, once per epoch on CUDA
     channels_last: bool = False # channels-last memory format (faster convolutions on GPUs with bf16)
     compile: bool = False       # torch.compile the model for training
+    sync_bn: bool = False       # distributed runs: SyncBatchNorm over the global batch (official false: BN per replica)
 
 @dataclass
 class EvaluateParams:
@@ -361,7 +363,7 @@ def _check_runs(p: Params, key: str, datasets, models, dkey: str | None = None):
 _OVERRIDABLE = ('train', 'model', 'evaluate', 'text')
 
 RANGES = {   # the allowed values of every numeric knob ('*' = any name under datasets/studies); checked at load
-    'run.threads': '>= 0', 'run.seed': '>= 0', 'run.seeds': '>= 0', 'studies.*.seeds': '>= 0',
+    'run.threads': '>= 0', 'run.nproc': '>= 1', 'run.seed': '>= 0', 'run.seeds': '>= 0', 'studies.*.seeds': '>= 0',
     'studies.*.threads': '>= 0', 'synth.seed': '>= 0', 'synth.size': '>= 16', 'synth.n_train': '>= 1',
     'synth.n_val': '>= 1', 'synth.n_test': '>= 1', 'synth.min_lesions': '>= 1', 'synth.max_lesions': '>= 1',
     'synth.p_distractor': '[0, 1]', 'synth.p_crossed': '[0, 1]', 'synth.noise': '>= 0',
@@ -574,6 +576,7 @@ def load_params(path: str | Path | None = None) -> Params:
         p = check_params(from_dict(Params, d))
         _check_entries(p)
     except ParamsError as e: raise ParamsError(f"{e} [in {path}]") from e
+    p._path = path.resolve()     # where these params came from (a distributed launch passes it on)
     return p
 
 # %% ../nbs/00_core.ipynb #9fb274de

@@ -14,6 +14,7 @@ import os
 from .core import (Params, ParamsError, DataError, CheckpointError, load_params, resolve, dataset_params,
                           project_root, seed_everything, get_device, fingerprint, MODELS, save_figure, base_model)
 from .safeio import RunLock, atomic_write, write_json, write_text
+from .distributed import launched, world, init_distributed, rank0_lock, shutdown, backend
 from .graph import code_hash
 from .dataset import make_split, save_split, load_split, batches, get_batch, Split
 from .data import sha256_file, subset
@@ -227,14 +228,27 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     params, the seed and the source of every module the training imports (`graph.code_hash`)."""
     root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
     pa = paths(root, dataset, model, seed, study)
-    with RunLock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
-        return _train(dataset, model, q, base, seed, pa, progress, study)
+    if q.run.nproc > 1 and not launched(): return _launch_train(root, p, dataset, model, seed, study, q.run.nproc, pa)
+    device = init_distributed(q.run.device, q.run.threads)          # joins torchrun's process group, if any
+    try:
+        with rank0_lock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+            return _train(dataset, model, q, base, seed, pa, progress, study, device)
+    finally: shutdown()
 
-def _train(dataset, model, q, base, seed, pa, progress, study) -> dict:
-    "The body of `train_stage`, under the run's lock."
+def _launch_train(root, p, dataset, model, seed, study, nproc, pa) -> dict:
+    "`run.nproc` > 1 outside torchrun: run this training on `nproc` processes (`distributed.launch`), return its train.json."
+    from reclmis.distributed import launch
+    args = (['--params', str(p._path)] if getattr(p, '_path', None) else []) + (['--study', study] if study else [])
+    rc = launch(nproc, args + ['train', dataset, model, '--seed', str(seed)], env={'RECLMIS_ROOT': str(root)})
+    if rc: raise RuntimeError(f"distributed training of {dataset}/{model}/s{seed} on {nproc} processes failed "
+                              f"(torchrun exit {rc}); the processes' own messages are above")
+    return json.loads(pa['train_json'].read_text())
+
+def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
+    "The body of `train_stage`, under the run's lock (on every rank of a distributed run; rank 0 writes)."
     from reclmis.train import fit
     from reclmis.unet import n_params
-    device = get_device(q.run.device, q.run.threads)
+    rank, W = world()
     seed_everything(seed)
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
     tr, bank = _with_text(base, tr, pa); va, _ = _with_text(base, va, pa, bank)
@@ -243,7 +257,7 @@ def _train(dataset, model, q, base, seed, pa, progress, study) -> dict:
     spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model, 'seed': seed}
     fp = fingerprint({'train': q.train, 'model': getattr(q.model, base, None), 'data': q.datasets[dataset], 'synth': q.synth,
                       'seed': seed, 'model_name': base, 'n_train': len(tr), 'code': code_hash(),
-                      'text': asdict(q.text) if base in TEXT_MODELS else None})
+                      'text': asdict(q.text) if base in TEXT_MODELS else None, **({'world_size': W} if W > 1 else {})})
     t0 = time.time()
     st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=seed, live_dir=pa['live'] if q.run.live else None,
              run_fingerprint=fp, progress=progress, meta=spec)
@@ -252,7 +266,9 @@ def _train(dataset, model, q, base, seed, pa, progress, study) -> dict:
            'params': counts['total'], 'params_inference': counts['inference'],
            'text_encoder': q.text.encoder if base in TEXT_MODELS else None,
            'best_val_dice': st['best_dice'], 'best_epoch': st['best_epoch'] + 1, 'epochs_run': len(st['history']),
-           'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'], 'fingerprint': fp, 'machines': st.get('machines', [])}
+           'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'],
+           'fingerprint': fp, 'machines': st.get('machines', []), 'world_size': W, 'backend': backend()}
+    if rank > 0: return out
     if not st['done']: print(f"time limit (train.max_minutes) after epoch {len(st['history'])} of {q.train.epochs}: "
                              f"run `reclmis train {dataset} {model} --seed {seed}` again to resume")
     write_json(pa['train_json'], out)

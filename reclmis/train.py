@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import TrainParams, CheckpointError, fingerprint, machine
 from .safeio import torch_save
+from .distributed import (world, rank_slice, rank_range, all_sum, all_any, broadcast_obj, gather_obj,
+                                 convert_sync_bn)
 from .dataset import Split, batches, get_batch
 
 # %% auto #0
@@ -90,9 +92,10 @@ def supersede(out_dir, reason: str) -> list[Path]:
 
 _LAST_KEYS = ('model', 'opt', 'sched', 'state', 'rng')
 
-def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator):
+def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator, ranks_rng: list | None = None):
+    "Everything a run needs to continue; `ranks_rng`: every rank's torch RNG state (distributed runs)."
     _atomic_save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
-                  'state': state, 'rng': {'torch': torch.get_rng_state(), 'gen': gen.get_state(),
+                  'state': state, 'rng': {'torch': torch.get_rng_state(), 'gen': gen.get_state(), 'ranks': ranks_rng,
                                           'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}, Path(path))
 
 def load_checkpoint(ck, model, opt=None, sched=None, gen=None, map_location='cpu') -> dict:
@@ -115,7 +118,7 @@ def hard_dice_val(prob, target, threshold: float = 0.5, eps: float = 1e-5):
 def default_forward(model, batch):
     """Every model takes (image, text, text_mask); text-free models ignore the last two (absent when the split carries no
     text). Models that learn from the target region (`needs_target`, e.g. TMCA) also get the mask in training."""
-    if getattr(model, 'needs_target', False) and model.training:
+    if getattr(getattr(model, 'module', model), 'needs_target', False) and model.training:   # DDP keeps it in .module
         return model(batch['image'], batch.get('text'), batch.get('text_mask'), target=batch['mask'])
     return model(batch['image'], batch.get('text'), batch.get('text_mask'))
 
@@ -136,14 +139,35 @@ def autocast_ctx(device: torch.device, amp: str = 'bf16'):
 
 @torch.no_grad()
 def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf16', threshold=0.5) -> float:
-    "Mean official hard validation Dice over `split`."
+    """Mean official hard validation Dice over `split`. In a process group each rank scores its contiguous share
+    (`distributed.rank_range`) and the sums are added over the ranks: the mean of the whole split, on every rank."""
     model.eval(); tot, n = 0.0, 0
-    for idx in batches(len(split), batch_size):
+    rank, W = world()
+    share = rank_range(len(split), W, rank)
+    for idx in batches(len(share), batch_size):
+        idx = idx + share.start if W > 1 else idx
         b = get_batch(split, idx)
         with autocast_ctx(device, amp): out = forward(model, b)
         logits = out['logits'] if isinstance(out, dict) else out
         tot = tot + hard_dice_val(torch.sigmoid(logits.float()), b['mask'], threshold).sum(); n += len(idx)
+    if W > 1:
+        t = all_sum(torch.tensor([float(tot), float(n)], dtype=torch.float64, device=device))
+        return float(t[0]) / max(float(t[1]), 1)
     return float(tot) / max(n, 1)
+
+def _resume_all(last: Path, fp: str, rank: int) -> tuple[dict | None, bool]:
+    """`_resumable` decided by rank 0 (which alone moves files) and followed by every rank: (checkpoint, resumed).
+    A damaged checkpoint stops every rank with rank 0's message."""
+    if world()[1] == 1:
+        ck = _resumable(last, fp); return ck, ck is not None
+    ck, err = None, None
+    if rank == 0:
+        try: ck = _resumable(last, fp)
+        except CheckpointError as e: err = str(e)
+    resumed, err = broadcast_obj((ck is not None, err))
+    if err: raise CheckpointError(err)
+    if resumed and rank != 0: ck = read_checkpoint(last, _LAST_KEYS)
+    return ck, resumed
 
 def _resumable(last: Path, fp: str) -> dict | None:
     """The checkpoint `last` when it continues the run with fingerprint `fp`, else None after moving the folder's
@@ -170,57 +194,75 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
 
     GPU path: the splits live on the device as uint8, batch order and flips are drawn by a generator on the device,
     losses are accumulated on the device and read once per epoch (`train.sync_every`), optional channels-last memory
-    format (`train.channels_last`) and `torch.compile` (`train.compile`), bf16 autocast (`run.amp`)."""
+    format (`train.channels_last`) and `torch.compile` (`train.compile`), bf16 autocast (`run.amp`).
+
+    Inside a process group (`reclmis.distributed`, launched by torchrun) the model is wrapped in DDP, each rank trains
+    on its chunk of every global batch (`train.batch_size` x world size), validation is sharded and summed, and only
+    rank 0 writes; with one process every step is the single-process computation, unchanged."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
     if len(train) == 0 or len(val) == 0: raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} images)")
+    rank, W = world()
     device = torch.device(device)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = loss_fn or default_loss(cfg)
+    if W > 1 and cfg.sync_bn: model = convert_sync_bn(model, device)     # BatchNorm over the global batch
     model.to(device); train, val = train.to(device), val.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = model
+    if W > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        step_model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None,
+                         static_graph=True)   # the same modules every step; some never run (official count parity)
+    step_model = torch.compile(step_model) if cfg.compile else step_model
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg); sched = make_scheduler(opt, cfg)
     gen = torch.Generator(device=device if device.type == 'cuda' else 'cpu').manual_seed(seed)
+    if W > 1: torch.manual_seed(seed + rank)                              # dropout differs by rank; batches do not
     sync_every = cfg.sync_every or (1 if device.type == 'cpu' else 0)     # 0: once per epoch
     fp = run_fingerprint or fingerprint(cfg)
     state = {'epoch': -1, 'best_dice': -1.0, 'best_epoch': -1, 'history': [], 'fingerprint': fp, 'done': False}
     last, best = out_dir / 'last.pt', out_dir / 'best.pt'
-    ck = _resumable(last, fp)
-    resumed = ck is not None
+    ck, resumed = _resume_all(last, fp, rank)
     if resumed:
         state = load_checkpoint(ck, model, opt, sched, gen)
-        print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice {state['best_dice']:.4f} at "
-              f"epoch {state['best_epoch'] + 1})")
+        if W > 1 and len(ck['rng'].get('ranks') or []) == W: torch.set_rng_state(ck['rng']['ranks'][rank])
+        if rank == 0: print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice "
+                            f"{state['best_dice']:.4f} at epoch {state['best_epoch'] + 1})")
     if not state['done'] and state['epoch'] + 1 < cfg.epochs:     # this run trains: record where (once per machine in a row)
         ms, here = state.setdefault('machines', []), machine()
         if not ms or ms[-1] != here: ms.append(here)
     live = None
-    if live_dir is not None:
+    if live_dir is not None and rank == 0:
         from dvclive import Live
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resumed and (Path(live_dir) / 'metrics.json').exists())
     t0 = time.time()
 
     def check(loss, parts, epoch):
-        if not torch.isfinite(loss).all():
+        if all_any(not bool(torch.isfinite(loss).all()), loss.device):    # every rank stops together
             raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} (parts: "
                                      f"{ {k: float(v) for k, v in parts.items()} }); lower train.lr or check the data")
 
     for epoch in range(state['epoch'] + 1, cfg.epochs):
         if state['done']: break
         model.train(); sums, n, te = {}, 0, time.time()
-        bar = tqdm(list(batches(len(train), cfg.batch_size, shuffle=True, generator=gen)), desc=f'epoch {epoch + 1}/{cfg.epochs}',
-                   disable=not progress, leave=False)
+        bar = tqdm(list(batches(len(train), cfg.batch_size * W, shuffle=True, generator=gen)),
+                   desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not progress or rank > 0, leave=False)
         for step, idx in enumerate(bar):
-            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise)
+            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise)    # the global batch, the same on every rank
+            b, share = rank_slice(b, W, rank)
             if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
             with autocast_ctx(device, amp): out = forward(step_model, b)
             loss, parts = loss_fn(out, b)
             if sync_every and step % sync_every == 0: check(loss, parts, epoch)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            for k, v in {'loss': loss.detach(), **parts}.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
-            n += len(idx)
-            if progress and sync_every: bar.set_postfix(loss=f"{float(sums['loss']) / n:.4f}")
+            opt.zero_grad(set_to_none=True); (loss * share if W > 1 else loss).backward(); opt.step()
+            k_n = len(b['image']) if share else 0
+            for k, v in {'loss': loss.detach(), **parts}.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * k_n
+            n += k_n
+            if progress and sync_every and rank == 0: bar.set_postfix(loss=f"{float(sums['loss']) / n:.4f}")
+        if W > 1:                                                          # the epoch's sums over every rank's images
+            tot = all_sum(torch.stack([torch.as_tensor(v, device=device).float() for v in sums.values()]
+                                      + [torch.tensor(float(n), device=device)]))
+            sums, n = dict(zip(sums, tot[:-1])), int(tot[-1].item())
         sums = {k: float(v) for k, v in sums.items()}                   # the one host read of the epoch
         if not math.isfinite(sums['loss']): check(torch.tensor(sums['loss']), sums, epoch)
         lr = opt.param_groups[0]['lr']
@@ -231,17 +273,22 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         state['history'].append(rec); state['epoch'] = epoch
         if vd > state['best_dice']:
             state['best_dice'], state['best_epoch'] = vd, epoch
-            _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp, 'spec': meta or {}}, best)
+            if rank == 0:
+                _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp,
+                              'spec': meta or {}}, best)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
-        timeout = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes)
         state['done'] = stop or epoch + 1 == cfg.epochs     # a time limit is not the end: the next run resumes
-        save_checkpoint(last, model, opt, sched, state, gen)
+        ranks_rng = gather_obj(torch.get_rng_state()) if W > 1 else None
+        if rank == 0: save_checkpoint(last, model, opt, sched, state, gen, ranks_rng)
         if live is not None:
             for k, v in rec.items():
                 if k != 'epoch': live.log_metric(k.replace('_', '/', 1) if k.startswith(('train_', 'val_')) else k, v)
             live.next_step()
-        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {vd:.4f}  lr {lr:.2e}  ({rec['epoch_s']:.0f} s)"
-              + ('  (best)' if state['best_epoch'] == epoch else '') + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {vd:.4f}  lr {lr:.2e}  "
+                  f"({rec['epoch_s']:.0f} s)" + ('  (best)' if state['best_epoch'] == epoch else '')
+                  + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
         if stop or timeout: break
     if live is not None: live.end()
     return state
