@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of the command')
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
+    s = sub.add_parser('bench-ddp', help='training images/s at 1 and 2 processes (torchrun, gloo on CPU); '
+                       'writes results/bench-ddp-cpu.json')
+    s.add_argument('--out', default='results/bench-ddp-cpu.json'); s.add_argument('--threads', type=int, default=1)
     s = sub.add_parser('studies', help='summaries of the study pipeline\'s runs (results/studies/*.json), as tables')
     s.add_argument('--out', default='results/studies')
     return ap
@@ -59,6 +62,9 @@ def _main(argv=None):
         from reclmis.study import write_summaries
         for path, table in write_summaries(load_params(a.params), a.out).items(): print(f'{path}\n{table}\n')
         return 0
+    if a.cmd == 'bench-ddp':
+        from reclmis.distributed import throughput
+        print(json.dumps(throughput(a.out, threads=a.threads)['rows'], indent=1)); return 0
     if a.cmd == 'bench':
         from reclmis.bench import run_bench, bench_table, speedup_table, BENCH_MODELS
         out = run_bench(a.device, tuple(a.models or BENCH_MODELS), a.out, a.quick, speedups=not a.no_speedups)

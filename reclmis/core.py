@@ -178,6 +178,7 @@ class ReclmisParams:
     ccl_pad_as_zero: bool = True      # official true: padded token similarities are 0 inside max_t
     ccl_temperature: float = 0.01     # official 0.01 (CLIP's frozen logit scale)
     ccl_replicas: int = 1       # official 4: the loss is computed per DataParallel replica (4 GPUs, 8 pairs each)
+    ccl_gather: bool = False    # official false; distributed runs: contrast the global (all-gathered) batch
     rec_layers: int = 3         # layers of each reconstructor stack; paper 3, official QaTa config 4
     rec_heads: int = 4          # official 4
     rec_ffn_mult: int = 2       # official FFN 512->1024->512

@@ -11,7 +11,8 @@ from .core import RunBusyError, get_device
 
 # %% auto #0
 __all__ = ['launched', 'world', 'init_distributed', 'backend', 'shutdown', 'all_sum', 'all_any', 'broadcast_obj', 'gather_obj',
-           'rank_slice', 'rank_range', 'GlobalBatchNorm', 'convert_sync_bn', 'rank0_lock', 'torchrun_cmd', 'launch']
+           'rank_slice', 'rank_range', 'GlobalBatchNorm', 'convert_sync_bn', 'rank0_lock', 'torchrun_cmd', 'launch',
+           'throughput']
 
 # %% ../nbs/06a_distributed.ipynb #8cd2b276
 def launched() -> bool:
@@ -150,3 +151,42 @@ def torchrun_cmd(nproc: int, args: list[str]) -> list[str]:
 def launch(nproc: int, args: list[str], env: dict | None = None) -> int:
     "Run `reclmis <args>` on `nproc` local processes and wait; returns torchrun's exit status."
     return subprocess.run(torchrun_cmd(nproc, args), env={**os.environ, **(env or {})}).returncode
+
+# %% ../nbs/06a_distributed.ipynb #ab26395c
+def throughput(out='results/bench-ddp-cpu.json', model: str = 'unet', epochs: int = 3, threads: int = 1,
+               configs=((1, 1.0), (2, 1.0), (2, 0.5))) -> dict:
+    """Training images/s of `model` on the embedded default for each (processes, per-rank batch as a fraction of
+    `train.batch_size`) in `configs`, `threads` torch threads per process; written to `out` (relative to the project)."""
+    import json, shutil, tempfile, time, yaml
+    from pathlib import Path
+    from reclmis.core import project_root, machine
+    from reclmis.safeio import write_json
+    root, ws = project_root(), Path(tempfile.mkdtemp(prefix='reclmis-ddp-'))
+    try:
+        shutil.copy(root / 'settings.ini', ws)
+        y = yaml.safe_load((root / 'params.yaml').read_text())
+        y['run'].update(threads=threads, models=[model], live=False); y['train'].update(epochs=epochs)
+        env = {**os.environ, 'RECLMIS_ROOT': str(ws), 'OMP_NUM_THREADS': str(max(threads, 1))}
+        def reclmis(*args):
+            r = subprocess.run([sys.executable, '-m', 'reclmis', *args], cwd=ws, env=env, capture_output=True, text=True)
+            if r.returncode: raise RuntimeError(f"`reclmis {' '.join(args)}` failed:\n{r.stderr[-3000:]}")
+        (ws / 'params.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
+        for stage in ('fetch', 'prepare', 'encode'): reclmis(stage, 'synth')
+        rows, bs = [], y['train']['batch_size']
+        for nproc, frac in configs:
+            per = max(1, round(bs * frac))
+            y['run']['nproc'] = nproc; y['train']['batch_size'] = per
+            (ws / f'p{nproc}-{per}.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
+            t0 = time.time(); reclmis('--params', f'p{nproc}-{per}.yaml', 'train', 'synth', model)
+            tj = json.loads((ws / 'results/synth' / model / f"s{y['run']['seeds'][0]}" / 'train.json').read_text())
+            ep = [h['epoch_s'] for h in tj['history']]
+            n = json.loads((ws / 'results/synth/data.json').read_text())['splits']['train']['n']
+            rows.append({'nproc': nproc, 'threads_per_process': threads, 'per_rank_batch': per, 'global_batch': per * nproc,
+                         'epoch_s': ep, 'images_per_s': round(n / (sum(ep[1:]) / len(ep[1:])), 1),
+                         'wall_s': round(time.time() - t0, 1), 'world_size': tj['world_size'], 'backend': tj['backend']})
+            print(rows[-1], flush=True)
+        res = {'model': model, 'dataset': 'synth', 'img_size': y['datasets']['synth']['img_size'], 'n_train': n,
+               'epochs': epochs, 'rows': rows, 'machine': machine(), 'command': 'reclmis bench-ddp'}
+        write_json(root / out, res)
+        return res
+    finally: shutil.rmtree(ws, ignore_errors=True)

@@ -36,6 +36,7 @@ class RecLMIS(nn.Module):
                  ccl_pad_as_zero: bool = True,                         # official True
                  ccl_temperature: float = 0.01,                        # official: CLIP's frozen logit scale, 1/100
                  ccl_replicas: int = 1,                                # official: 4 (DataParallel on 4 GPUs)
+                 ccl_gather: bool = False,                             # official False; DDP: contrast the global batch
                  rec_layers: int = 3,                                  # paper 3; official QaTa config 4
                  rec_heads: int = 4, rec_ffn_mult: int = 2, rec_dropout: float = 0.1,
                  rec_causal: bool = False,                             # official True (inherited video decoder)
@@ -73,7 +74,8 @@ class RecLMIS(nn.Module):
                 self.rec_txt = rec(clr_condition)
                 self.clr_out = nn.Identity() if text_dim == D else nn.Linear(D, text_dim)   # back to the encoder's width
         self.cfg = dict(ccl_condition=ccl_condition, ccl_double_softmax=ccl_double_softmax, ccl_pad_as_zero=ccl_pad_as_zero,
-                        ccl_temperature=ccl_temperature, ccl_replicas=ccl_replicas, rec_at_test=rec_at_test,
+                        ccl_temperature=ccl_temperature, ccl_replicas=ccl_replicas, ccl_gather=ccl_gather,
+                        rec_at_test=rec_at_test,
                         rec_loss_on=rec_loss_on, cvr_detach_target=cvr_detach_target, mask_ratio_img=mask_ratio_img,
                         mask_ratio_txt=mask_ratio_txt, mask_mode=mask_mode, mask_fill_random=mask_fill_random, aux_nan=aux_nan)
         self.weights = {'ccl': w_ccl, 'cvr': w_cvr, 'clr': w_clr}
@@ -102,7 +104,7 @@ class RecLMIS(nn.Module):
         if self.use['ccl']:
             cond = c['ccl_condition']
             losses['ccl'] = ccl_loss(T, Fp, text_mask, woi if cond else None, poi if cond else None, c['ccl_temperature'],
-                                     c['ccl_double_softmax'], c['ccl_pad_as_zero'], c['ccl_replicas'])
+                                     c['ccl_double_softmax'], c['ccl_pad_as_zero'], c['ccl_replicas'], c['ccl_gather'])
         if self.use['cvr']:
             mi = sample_mask(poi, torch.ones_like(poi, dtype=torch.bool), c['mask_ratio_img'], c['mask_mode'], c['mask_fill_random'])
             vh = self.rec_img(T, woi, apply_mask(Fp, mi))

@@ -100,3 +100,44 @@ def test_run_nproc_launches_torchrun(ws):
                         'unet'], cwd=ws, env=_env(ws), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _hist(ws)['world_size'] == 2
+
+
+GATHER = '''
+import os, sys, torch, torch.distributed as dist
+from reclmis.contrastive import ccl_loss
+dist.init_process_group('gloo'); r, W = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(0)
+B, L, N, D = 8, 5, 6, 4
+text, patches = torch.randn(B, L, D, generator=g), torch.randn(B, N, D, generator=g)
+mask = torch.rand(B, L, generator=g) > 0.3; mask[:, 0] = True
+woi, poi = torch.rand(B, L, generator=g).softmax(-1), torch.rand(B, N, generator=g).softmax(-1)
+lo, hi = r * B // W, (r + 1) * B // W
+t, p = text[lo:hi].clone().requires_grad_(), patches[lo:hi].clone().requires_grad_()
+loss = ccl_loss(t, p, mask[lo:hi], woi[lo:hi], poi[lo:hi], gather=True)
+loss.backward()
+torch.save({'loss': loss.detach(), 'gt': t.grad / W, 'gp': p.grad / W}, sys.argv[1] + f'/r{r}.pt')
+'''
+
+
+def test_global_contrastive_batch(tmp_path):
+    """`model.reclmis.ccl_gather`: on 2 ranks the CCL over the all-gathered batch equals the 1-process loss on the whole
+    batch, and each rank's gradient (divided by the world size, as DDP averages) is the whole-batch gradient's share."""
+    from reclmis.contrastive import ccl_loss
+    (tmp_path / 'g.py').write_text(GATHER)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        str(tmp_path / 'g.py'), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    g = torch.Generator().manual_seed(0)
+    B, L, N, D = 8, 5, 6, 4
+    text, patches = torch.randn(B, L, D, generator=g), torch.randn(B, N, D, generator=g)
+    mask = torch.rand(B, L, generator=g) > 0.3; mask[:, 0] = True
+    woi, poi = torch.rand(B, L, generator=g).softmax(-1), torch.rand(B, N, generator=g).softmax(-1)
+    text.requires_grad_(); patches.requires_grad_()
+    full = ccl_loss(text, patches, mask, woi, poi); full.backward()
+    for k in range(2):
+        o = torch.load(tmp_path / f'r{k}.pt')
+        assert torch.allclose(o['loss'], full.detach(), atol=1e-6)
+        assert torch.allclose(o['gt'], text.grad[4 * k:4 * (k + 1)], atol=1e-6)
+        assert torch.allclose(o['gp'], patches.grad[4 * k:4 * (k + 1)], atol=1e-6)
+    assert not torch.allclose(ccl_loss(text[:4], patches[:4], mask[:4], woi[:4], poi[:4]), full)   # per-rank differs
