@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
     s = sub.add_parser('bench-ddp', help='training images/s at 1 and 2 processes (torchrun, gloo on CPU); '
-                       'writes results/bench-ddp-cpu.json')
-    s.add_argument('--out', default='results/bench-ddp-cpu.json'); s.add_argument('--threads', type=int, default=1)
+                       'writes results/ddp-cpu.json')
+    s.add_argument('--out', default='results/ddp-cpu.json'); s.add_argument('--threads', type=int, default=1)
     s = sub.add_parser('studies', help='summaries of the study pipeline\'s runs (results/studies/*.json), as tables')
     s.add_argument('--out', default='results/studies')
     return ap

@@ -12,7 +12,7 @@ from .core import RunBusyError, get_device
 # %% auto #0
 __all__ = ['launched', 'world', 'init_distributed', 'backend', 'shutdown', 'all_sum', 'all_any', 'broadcast_obj', 'gather_obj',
            'rank_slice', 'rank_range', 'GlobalBatchNorm', 'convert_sync_bn', 'rank0_lock', 'torchrun_cmd', 'launch',
-           'throughput']
+           'throughput', 'throughput_table']
 
 # %% ../nbs/06a_distributed.ipynb #8cd2b276
 def launched() -> bool:
@@ -153,10 +153,11 @@ def launch(nproc: int, args: list[str], env: dict | None = None) -> int:
     return subprocess.run(torchrun_cmd(nproc, args), env={**os.environ, **(env or {})}).returncode
 
 # %% ../nbs/06a_distributed.ipynb #ab26395c
-def throughput(out='results/bench-ddp-cpu.json', model: str = 'unet', epochs: int = 3, threads: int = 1,
-               configs=((1, 1.0), (2, 1.0), (2, 0.5))) -> dict:
+def throughput(out='results/ddp-cpu.json', model: str = 'unet', epochs: int = 3, threads: int = 1,
+               configs=((1, 1.0, 1), (2, 1.0, 1), (2, 0.5, 1), (1, 1.0, 2))) -> dict:
     """Training images/s of `model` on the embedded default for each (processes, per-rank batch as a fraction of
-    `train.batch_size`) in `configs`, `threads` torch threads per process; written to `out` (relative to the project)."""
+    `train.batch_size`, torch threads per process; 1 = `threads`) in `configs`; written to `out` (from the project).
+    The last default row, one process on two threads, is the fair single-process baseline of a 2-core machine."""
     import json, shutil, tempfile, time, yaml
     from pathlib import Path
     from reclmis.core import project_root, machine
@@ -173,15 +174,17 @@ def throughput(out='results/bench-ddp-cpu.json', model: str = 'unet', epochs: in
         (ws / 'params.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
         for stage in ('fetch', 'prepare', 'encode'): reclmis(stage, 'synth')
         rows, bs = [], y['train']['batch_size']
-        for nproc, frac in configs:
-            per = max(1, round(bs * frac))
-            y['run']['nproc'] = nproc; y['train']['batch_size'] = per
-            (ws / f'p{nproc}-{per}.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
-            t0 = time.time(); reclmis('--params', f'p{nproc}-{per}.yaml', 'train', 'synth', model)
+        for nproc, frac, th in configs:
+            per, th = max(1, round(bs * frac)), threads * th
+            y['run'].update(nproc=nproc, threads=th); y['train']['batch_size'] = per
+            name = f'p{nproc}-{per}-{th}.yaml'
+            (ws / name).write_text(yaml.safe_dump(y, sort_keys=False))
+            env['OMP_NUM_THREADS'] = str(th)
+            t0 = time.time(); reclmis('--params', name, 'train', 'synth', model)
             tj = json.loads((ws / 'results/synth' / model / f"s{y['run']['seeds'][0]}" / 'train.json').read_text())
             ep = [h['epoch_s'] for h in tj['history']]
             n = json.loads((ws / 'results/synth/data.json').read_text())['splits']['train']['n']
-            rows.append({'nproc': nproc, 'threads_per_process': threads, 'per_rank_batch': per, 'global_batch': per * nproc,
+            rows.append({'nproc': nproc, 'threads_per_process': th, 'per_rank_batch': per, 'global_batch': per * nproc,
                          'epoch_s': ep, 'images_per_s': round(n / (sum(ep[1:]) / len(ep[1:])), 1),
                          'wall_s': round(time.time() - t0, 1), 'world_size': tj['world_size'], 'backend': tj['backend']})
             print(rows[-1], flush=True)
@@ -190,3 +193,19 @@ def throughput(out='results/bench-ddp-cpu.json', model: str = 'unet', epochs: in
         write_json(root / out, res)
         return res
     finally: shutil.rmtree(ws, ignore_errors=True)
+
+# %% ../nbs/06a_distributed.ipynb #fc40ad12
+def throughput_table(path) -> str:
+    "The markdown table of a `throughput` result file: processes, batches, images/s, relative to one process."
+    import json
+    from pathlib import Path
+    r = json.loads(Path(path).read_text()); base = r['rows'][0]['images_per_s']
+    m = r['machine']
+    out = [f"{r['model']} on the embedded default ({r['n_train']} training images at {r['img_size']} px, "
+           f"{r['epochs']} epochs, the first not timed); {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}", '',
+           '| processes x threads | backend | per-rank batch | global batch | images/s | vs 1 process |',
+           '|---|---|---|---|---|---|']
+    for x in r['rows']:
+        out.append(f"| {x['nproc']} x {x['threads_per_process']} | {x['backend'] or '-'} | {x['per_rank_batch']} | "
+                   f"{x['global_batch']} | {x['images_per_s']:.1f} | {x['images_per_s'] / base:.2f}x |")
+    return '\n'.join(out)

@@ -65,6 +65,11 @@ def readme_results(root=None) -> str:
     if bf.exists():
         out += ['**Efficiency** (`dvc repro studies/dvc.yaml:bench`, i.e. `reclmis bench --device cpu`)', '',
                 bench_table(bf), '', speedup_table(bf), '']
+    df = R / 'ddp-cpu.json'
+    if df.exists():
+        from reclmis.distributed import throughput_table
+        out += ['**Distributed training on the CPU** (`dvc repro studies/dvc.yaml:bench-ddp`, i.e. '
+                '`reclmis bench-ddp`; README: Distributed training)', '', throughput_table(df), '']
     return '\n'.join(out).strip() + '\n'
 
 def sync_readme(readme='README.md', root=None, check: bool = False) -> bool:
