@@ -277,7 +277,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
                 _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp,
                               'spec': meta or {}}, best)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
-        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes)
+        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes, device)   # NCCL: on the GPU
         state['done'] = stop or epoch + 1 == cfg.epochs     # a time limit is not the end: the next run resumes
         ranks_rng = gather_obj(torch.get_rng_state()) if W > 1 else None
         if rank == 0: save_checkpoint(last, model, opt, sched, state, gen, ranks_rng)
