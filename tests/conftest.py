@@ -24,7 +24,7 @@ def run(cmd, cwd, check=True, env=None, timeout=900):
     return r
 
 
-# --- a workspace holding one finished tiny run (the bad-input corpus and the reliability tests) ------------------------
+# --- a workspace holding one finished tiny run (the bad-input corpus and the reliability tests) -----------------------
 import yaml
 from reclmis import cli
 

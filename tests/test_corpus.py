@@ -221,12 +221,14 @@ CASES = [
     Case('unknown-study', ['--study', 'nosuch', 'train', 'synth', 'unet'], ["unknown study 'nosuch'"]),
     Case('cuda-absent', ['--params', 'bad.yaml', 'train', 'synth', 'unet'], ["'run.device' is 'cuda'"],
          bad_params(_set('run.device', 'cuda'))) if not torch.cuda.is_available() else None,
-    # --- checkpoints ---------------------------------------------------------------------------------------------------
-    Case('last-truncated', ['train', 'synth', 'unet'], ['last.pt', 'truncated', 'last.pt.corrupt', 'run the same command'],
+    # --- checkpoints --------------------------------------------------------------------------------------------------
+    Case('last-truncated', ['train', 'synth', 'unet'],
+         ['last.pt', 'truncated', 'last.pt.corrupt', 'run the same command'],
          _truncate(f'{CKPT}/last.pt'), moved=[f'{CKPT}/last.pt']),
     Case('last-empty', ['train', 'synth', 'unet'], ['last.pt', 'last.pt.corrupt'], _truncate(f'{CKPT}/last.pt', 0),
          moved=[f'{CKPT}/last.pt']),
-    Case('last-foreign', ['train', 'synth', 'unet'], ['last.pt', 'not a reclmis checkpoint'], _foreign(f'{CKPT}/last.pt'),
+    Case('last-foreign', ['train', 'synth', 'unet'], ['last.pt', 'not a reclmis checkpoint'],
+         _foreign(f'{CKPT}/last.pt'),
          moved=[f'{CKPT}/last.pt']),
     Case('best-truncated', ['evaluate', 'synth', 'unet'], ['best.pt', 'truncated'], _truncate(f'{CKPT}/best.pt')),
     Case('best-foreign', ['evaluate', 'synth', 'unet'], ['best.pt', 'not a reclmis checkpoint'],
@@ -237,7 +239,7 @@ CASES = [
          lambda ws: (ws / RES / 'train.json').unlink()),
     Case('run-busy-train', ['train', 'synth', 'unet'], ['busy', f'pid', str(os.getpid()), 'Wait for it'], _busy),
     Case('run-busy-evaluate', ['evaluate', 'synth', 'unet'], ['busy', 'default-synth-unet-s3407.lock'], _busy),
-    # --- the OS refuses a write ----------------------------------------------------------------------------------------
+    # --- the OS refuses a write ---------------------------------------------------------------------------------------
     Case('disk-full-train-json', ['train', 'synth', 'unet'], ['train.json', 'No space left', 'df -h'],
          _fail_write('train.json', errno.ENOSPC)),
     Case('disk-full-metrics', ['evaluate', 'synth', 'unet'], ['metrics.json', 'No space left'],
@@ -268,7 +270,7 @@ CASES = [
     O('own-file-without-row', ['no row', 'extra.png'], args=('prepare', 'mine'),
       fetched=lambda ws: shutil.copy(ws / 'build/mine/raw/Test_Folder/img/c0.png',
                                      ws / 'build/mine/raw/Test_Folder/img/extra.png')),
-    # --- predict --------------------------------------------------------------------------------------------------------
+    # --- predict ------------------------------------------------------------------------------------------------------
     Case('predict-model-disagrees', ['predict', 'build/synth/raw/test/images/00000.png', '--ckpt', f'{CKPT}/best.pt',
                                      '--model', 'reclmis'], ['--model reclmis', 'best.pt', 'unet']),
     Case('predict-dataset-disagrees', ['predict', 'build/synth/raw/test/images/00000.png', '--ckpt',

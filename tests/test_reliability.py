@@ -69,7 +69,8 @@ def test_debug_shows_the_traceback(ws, capsys):
     assert rc == 2 and 'Traceback' not in msg and '--debug' in msg
     old = os.getcwd(); os.chdir(ws)
     try:
-        with pytest.raises(Exception, match="unknown dataset 'kvasir'"): cli.main(['--debug', 'train', 'kvasir', 'unet'])
+        with pytest.raises(Exception, match="unknown dataset 'kvasir'"):
+            cli.main(['--debug', 'train', 'kvasir', 'unet'])
     finally: os.chdir(old)
 
 
