@@ -28,35 +28,14 @@ def ccl_similarity(text, patches, text_mask, woi=None, poi=None, double_softmax:
     return (s_t2v + s_v2t) / 2
 
 def _gather_all(*xs):
-    """Every rank's batch of each tensor in `xs` (None stays None), concatenated in rank order, with gradients: the
-    autograd-aware all_gather's backward sums every rank's gradient for this rank's part, so under DDP (which averages
-    the ranks' gradients) the gradient is that of the loss over the global batch. Ranks must hold equal batch sizes."""
-    return tuple(None if x is None else _GatherCat.apply(x) if x.is_floating_point() else torch.cat(_plain_gather(x))
-                 for x in xs)
-
-class _GatherCat(torch.autograd.Function):
-    "Concatenate every rank's `x` (equal shapes, rank order); backward: sum the ranks' gradients, keep this rank's part."
-    @staticmethod
-    def forward(ctx, x):
-        ctx.rank, ctx.n = torch.distributed.get_rank(), x.shape[0]
-        return torch.cat(_plain_gather(x))
-    @staticmethod
-    def backward(ctx, g):
-        g = g.contiguous().clone(); torch.distributed.all_reduce(g)
-        return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-def _plain_gather(x):
-    "Every rank's `x`, no gradient (a boolean mask travels as float32, which gloo takes)."
-    dt = x.dtype if x.is_floating_point() else torch.float32
-    out = [torch.empty(x.shape, dtype=dt, device=x.device) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(out, x.to(dt).contiguous()); return [o.to(x.dtype) for o in out]
+    "Every rank's batch of each tensor in `xs` (None stays None), in rank order, with gradients (`distributed.all_gather_cat`)."
+    from reclmis.distributed import all_gather_cat
+    return tuple(None if x is None else all_gather_cat(x) for x in xs)
 
 def ccl_loss(text, patches, text_mask, woi=None, poi=None, temperature: float = 0.01, double_softmax: bool = False,
              pad_as_zero: bool = True, replicas: int = 1, gather: bool = False) -> torch.Tensor:
     "Symmetric InfoNCE on `ccl_similarity / temperature` with the diagonal as positives; with `replicas` > 1 the batch is split into that many sub-batches (official multi-GPU `DataParallel`) and the losses averaged."
-    if gather and torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        text, patches, text_mask, woi, poi = _gather_all(text, patches, text_mask, woi, poi)
+    if gather: text, patches, text_mask, woi, poi = _gather_all(text, patches, text_mask, woi, poi)   # no-op: 1 process
     B = text.shape[0]
     if replicas > 1:
         chunks = [c for c in torch.arange(B, device=text.device).tensor_split(replicas) if len(c)]

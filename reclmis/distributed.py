@@ -11,8 +11,8 @@ from .core import RunBusyError, get_device
 
 # %% auto #0
 __all__ = ['launched', 'world', 'init_distributed', 'backend', 'shutdown', 'all_sum', 'all_any', 'broadcast_obj', 'gather_obj',
-           'rank_slice', 'rank_range', 'GlobalBatchNorm', 'convert_sync_bn', 'rank0_lock', 'torchrun_cmd', 'launch',
-           'throughput', 'throughput_table']
+           'all_gather_cat', 'rank_slice', 'rank_range', 'GlobalBatchNorm', 'convert_sync_bn', 'rank0_lock',
+           'torchrun_cmd', 'launch', 'throughput', 'throughput_table']
 
 # %% ../nbs/06a_distributed.ipynb #8cd2b276
 def launched() -> bool:
@@ -66,6 +66,30 @@ def gather_obj(obj) -> list:
     if world()[1] == 1: return [obj]
     out = [None] * world()[1]; dist.all_gather_object(out, obj); return out
 
+def _gather(x: torch.Tensor) -> list:
+    "Every rank's `x` (equal shapes), no gradient; a boolean tensor travels as float32, which gloo takes."
+    dt = x.dtype if x.is_floating_point() else torch.float32
+    out = [torch.empty(x.shape, dtype=dt, device=x.device) for _ in range(world()[1])]
+    dist.all_gather(out, x.to(dt).contiguous()); return [o.to(x.dtype) for o in out]
+
+class _GatherCat(torch.autograd.Function):
+    "Concatenate every rank's `x` in rank order; backward: sum the ranks' gradients, keep this rank's part."
+    @staticmethod
+    def forward(ctx, x):
+        ctx.rank, ctx.n = world()[0], x.shape[0]
+        return torch.cat(_gather(x))
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous().clone(); dist.all_reduce(g)
+        return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's `x` concatenated along dim 0 in rank order (`x` itself for one process). Floating tensors carry
+    gradients: the backward sums every rank's gradient for this rank's part, so under DDP (which averages the ranks'
+    gradients) the gradient is that of a loss over the global batch. Ranks must hold equal shapes."""
+    if world()[1] == 1: return x
+    return _GatherCat.apply(x) if x.is_floating_point() else torch.cat(_gather(x))
+
 # %% ../nbs/06a_distributed.ipynb #e5d6e8d0
 def rank_slice(batch: dict, world_size: int, rank: int) -> tuple[dict, float]:
     """This rank's contiguous chunk of a global `batch` (every value's first dimension; `DataParallel`'s scatter) and
@@ -92,10 +116,7 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         if x.dim() < 2: raise ValueError(f"GlobalBatchNorm: expected input [B,C,...], got {list(x.shape)}")
 
     def forward(self, x):
-        if not self.training or world()[1] == 1:
-            return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                                  self.training or not self.track_running_stats,
-                                                  self.momentum if self.momentum is not None else 0.0, self.eps)
+        if not self.training or world()[1] == 1: return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
         C, dims = x.shape[1], [0] + list(range(2, x.dim()))
         xd = x.double()

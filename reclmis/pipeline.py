@@ -20,12 +20,16 @@ from .dataset import make_split, save_split, load_split, batches, get_batch, Spl
 from .data import sha256_file, subset
 
 # %% auto #0
-__all__ = ['SPLITS', 'TEXT_MODELS', 'paths', 'fetch_stage', 'prepare_stage', 'counterfactual_split', 'encode_stage',
+__all__ = ['SPLITS', 'TEXT_MODELS', 'run_name', 'paths', 'fetch_stage', 'prepare_stage', 'counterfactual_split', 'encode_stage',
            'build_model', 'model_spec', 'model_from_spec', 'train_stage', 'load_checkpoint_model', 'load_best',
            'predict_split', 'side_swap_split', 'counterfactual_eval', 'panel_indices', 'compute_profile',
            'evaluate_stage', 'plot_overlays', 'plot_counterfactual', 'plot_curves']
 
 # %% ../nbs/08_pipeline.ipynb #285f2a1e
+def run_name(dataset: str, model: str, seed: int, study: str | None = None) -> str:
+    "How messages (and the run lock's holder line) name one run."
+    return f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"
+
 def paths(root, dataset: str, model: str | None = None, seed: int | None = None, study: str | None = None) -> dict:
     """Every file a stage reads or writes, in one place. Data: `build/<ds>`, `results/<ds>` (`build/studies/<ds>`,
     `results/studies/<ds>` when `study` is given, '' for the study pipeline's data stages). A run of `model` (a model
@@ -70,10 +74,9 @@ def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) ->
                                  sha256=sha256_file(pa['raw'] / split / 'images' / name), mask_pixels=int(s.masks[i].sum())))
         df = pd.DataFrame(rows)
     elif ds.path:                                        # the user's own folder in LViT's layout (no manifest)
-        from reclmis.data import copy_lvit_folder, index_lvit
+        from reclmis.data import copy_lvit_folder, index_lvit, _LVIT_FOLDERS
         copy_lvit_folder(ds.path, pa['raw'], f'datasets.{dataset}.path')
-        counts = {f: ds.counts[s] for f, s in (('Train_Folder', 'train'), ('Val_Folder', 'val'), ('Test_Folder', 'test'))
-                  if s in ds.counts}
+        counts = {f: ds.counts[s] for f, s in _LVIT_FOLDERS.items() if s in ds.counts}
         df = index_lvit(pa['raw'], counts=counts or None)
     else:
         from reclmis.data import fetch, index_qata, index_lvit, MANIFESTS
@@ -151,7 +154,7 @@ def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] |
 # %% ../nbs/08_pipeline.ipynb #e580b6cf
 def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, study: str | None = None) -> dict:
     "Encode the unique notes of `dataset` (from prepared/notes.json) once; write the text bank and results/<ds>/text.json."
-    from reclmis.text import make_text_encoder, encode_notes, check_text_encoder, note_warnings, unknown_share, pad_eof
+    from reclmis.text import make_text_encoder, encode_notes, check_text_encoder, note_warnings
     root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset, study=study); t = q.text
     check_text_encoder(t.encoder)                      # a params error first, before any file is read
     if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro prepare@{dataset}` first")
@@ -162,8 +165,7 @@ def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, stud
     bank = encode_notes(notes, enc, t.token_len, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
     if t.standardize: bank = bank.standardized(json.loads(pa['notes'].read_text())['train'])
     bank.save(pa['bank'])
-    texts = [pad_eof(n, t.eof_min_words) if t.pad_eof else n for n in bank.notes]
-    unk = unknown_share(enc, texts)
+    unk = bank.meta['unknown_share']
     warn = note_warnings(bank.notes, bank.meta['n_tokens_full'], unk, t.token_len, f' of {dataset}')
     for w in warn: print(f'warning: {w}')
     st = {'dataset': dataset, **bank.stats(), 'n_notes_mostly_unknown': sum(u >= 0.5 for u in unk), 'warnings': warn,
@@ -231,7 +233,7 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     if q.run.nproc > 1 and not launched(): return _launch_train(root, p, dataset, model, seed, study, q.run.nproc, pa)
     device = init_distributed(q.run.device, q.run.threads)          # joins torchrun's process group, if any
     try:
-        with rank0_lock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+        with rank0_lock(pa['lock'], run_name(dataset, model, seed, study)):
             return _train(dataset, model, q, base, seed, pa, progress, study, device)
     finally: shutdown()
 
@@ -395,7 +397,7 @@ def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | N
     overlays.png, curves.png, and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
     root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
     pa = paths(root, dataset, model, seed, study)
-    with RunLock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+    with RunLock(pa['lock'], run_name(dataset, model, seed, study)):
         return _evaluate(dataset, model, q, base, seed, pa)
 
 def _savez(path, arrays: dict):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .core import DataError, project_root
 from .data import read_image, resize_bilinear
 from .text import check_note, make_text_encoder, pad_eof, apply_standardize, note_warnings, note_lengths, unknown_share
-from .pipeline import load_checkpoint_model
+from .pipeline import load_checkpoint_model, paths
 
 # %% auto #0
 __all__ = ['Segmenter', 'save_prediction', 'predict']
@@ -91,8 +91,8 @@ def predict(image, note: str | None = None, ckpt=None, model: str | None = None,
     with reclmis, synth and 3407 for what is not given); write mask + overlay. A `model`, `dataset` or `seed` given
     with `ckpt` must agree with the checkpoint (an error otherwise: it would be silently ignored)."""
     if ckpt is None:
-        ckpt = project_root() / 'build' / (dataset or 'synth') / (model or 'reclmis') / f"s{3407 if seed is None else seed}"
-        ckpt = ckpt / 'ckpt' / 'best.pt'
+        ckpt = paths(project_root(), dataset or 'synth', model or 'reclmis', 3407 if seed is None else seed)['ckpt']
+        ckpt = ckpt / 'best.pt'
     ckpt = Path(ckpt)
     if not ckpt.exists(): raise FileNotFoundError(f"checkpoint {ckpt} not found: run `dvc repro` first, or pass --ckpt")
     seg = Segmenter(ckpt, device)

@@ -70,7 +70,7 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
     root = Path(root or project_root()); q = resolve(p, dataset, model, study); base = base_model(p, model)
     seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else int(seed)
     pa = pl.paths(root, dataset, model, seed, study)
-    with RunLock(pa['lock'], f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"):
+    with RunLock(pa['lock'], pl.run_name(dataset, model, seed, study)):
         return _probe(dataset, model, q, base, seed, pa)
 
 def _probe(dataset, model, q, base, seed, pa) -> dict:

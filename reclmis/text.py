@@ -257,7 +257,7 @@ class TextBank:
         "How the notes fit `token_len`: share truncated, mean valid tokens, and the encoder meta."
         n_tok = self.meta.get('n_tokens_full', [])
         trunc = [t > self.token_len for t in n_tok]
-        return {**{k: v for k, v in self.meta.items() if k not in ('n_tokens_full', 'standardize')},
+        return {**{k: v for k, v in self.meta.items() if k not in ('n_tokens_full', 'unknown_share', 'standardize')},
                 'standardized': 'standardize' in self.meta, 'unique_notes': len(self), 'dim': self.dim,
                 'token_len': self.token_len, 'mean_valid_tokens': float(self.mask.sum(1).float().mean()) if len(self) else 0.0,
                 'truncated_share': float(sum(trunc) / len(trunc)) if trunc else 0.0,
@@ -283,7 +283,7 @@ def encode_notes(notes: list[str], encoder: TextEncoder, token_len: int = 18, pa
         feats.append(encoder(ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)).float().cpu())
     feats = torch.cat(feats) if feats else torch.zeros(0, token_len, encoder.dim)
     meta = {'encoder': encoder.name, 'weights': getattr(encoder, 'source', ''), 'pad_eof': pad, 'eof_min_words': min_words,
-            'n_tokens_full': note_lengths(encoder, texts, full)}
+            'n_tokens_full': note_lengths(encoder, texts, full), 'unknown_share': unknown_share(encoder, texts)}
     return TextBank(uniq, feats, mask, ids, meta)
 
 def _hf_lengths(encoder, texts) -> list[int]:

@@ -158,14 +158,13 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
 def _resume_all(last: Path, fp: str, rank: int) -> tuple[dict | None, bool]:
     """`_resumable` decided by rank 0 (which alone moves files) and followed by every rank: (checkpoint, resumed).
     A damaged checkpoint stops every rank with rank 0's message."""
-    if world()[1] == 1:
-        ck = _resumable(last, fp); return ck, ck is not None
     ck, err = None, None
     if rank == 0:
         try: ck = _resumable(last, fp)
-        except CheckpointError as e: err = str(e)
-    resumed, err = broadcast_obj((ck is not None, err))
-    if err: raise CheckpointError(err)
+        except CheckpointError as e: err = e
+    resumed, msg = broadcast_obj((ck is not None, str(err) if err else None))
+    if err: raise err
+    if msg: raise CheckpointError(msg)
     if resumed and rank != 0: ck = read_checkpoint(last, _LAST_KEYS)
     return ck, resumed
 

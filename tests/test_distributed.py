@@ -116,6 +116,7 @@ t, p = text[lo:hi].clone().requires_grad_(), patches[lo:hi].clone().requires_gra
 loss = ccl_loss(t, p, mask[lo:hi], woi[lo:hi], poi[lo:hi], gather=True)
 loss.backward()
 torch.save({'loss': loss.detach(), 'gt': t.grad / W, 'gp': p.grad / W}, sys.argv[1] + f'/r{r}.pt')
+dist.barrier(); dist.destroy_process_group()   # leave the group before exit (gloo aborts otherwise, at times)
 '''
 
 
