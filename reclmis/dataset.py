@@ -13,7 +13,8 @@ from .core import DataError
 from .augment import AUGMENTS, augment_batch, _draw
 
 # %% auto #0
-__all__ = ['mirror_note', 'Split', 'attach_text', 'make_split', 'save_split', 'load_split', 'batches', 'get_batch']
+__all__ = ['mirror_note', 'Split', 'attach_text', 'attach_paraphrases', 'make_split', 'save_split', 'load_split', 'batches',
+           'get_batch']
 
 # %% ../nbs/04_dataset.ipynb #fd1e6d66
 _SIDE = re.compile(r'\b(left|right)\b')
@@ -39,6 +40,8 @@ class Split:
     extra: dict = field(default_factory=dict)   # e.g. masks_eval, zonemaps
     text: torch.Tensor | None = None            # frozen token features of each unique note [len(notes),L,D] (`attach_text`)
     text_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),L]
+    para_text: torch.Tensor | None = None       # K phrasings of each unique note [len(notes),K,L,D] (`attach_paraphrases`)
+    para_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),K,L]
 
     def __len__(self): return len(self.images)
 
@@ -46,12 +49,26 @@ class Split:
         "Move the tensors (kept uint8: 4x smaller than float) to `device`."
         mv = lambda t: t.to(device) if torch.is_tensor(t) else t
         return Split(mv(self.images), mv(self.masks), self.notes, mv(self.note_idx), mv(self.mirror_idx), self.names,
-                     {k: mv(v) for k, v in self.extra.items()}, mv(self.text), mv(self.text_mask))
+                     {k: mv(v) for k, v in self.extra.items()}, mv(self.text), mv(self.text_mask), mv(self.para_text),
+                     mv(self.para_mask))
 
 def attach_text(s: Split, bank) -> Split:
     "A copy of `s` carrying the cached token features of its notes (mirrored ones included) from `bank` (a `reclmis.text.TextBank`)."
     feats, mask = bank.lookup(s.notes)
     return Split(s.images, s.masks, s.notes, s.note_idx, s.mirror_idx, s.names, s.extra, feats, mask)
+
+def attach_paraphrases(s: Split, bank) -> tuple[Split, int]:
+    """A copy of `s` (with text attached) that also carries the bank's training phrasings of each unique note
+    (`bank.meta['paraphrases']`, K per note, `reclmis.notes`); a note without phrasings keeps its own features in all K
+    slots (drawing it changes nothing). Returns (split, number of the split's unique notes that have phrasings)."""
+    para = bank.meta.get('paraphrases') or {}
+    K = max((len(v) for v in para.values()), default=0)
+    if K == 0 or s.text is None: return s, 0
+    rows = [(para[n] + [n] * K)[:K] if n in para else [n] * K for n in s.notes]
+    f, m = bank.lookup([x for r in rows for x in r])
+    out = Split(s.images, s.masks, s.notes, s.note_idx, s.mirror_idx, s.names, s.extra, s.text, s.text_mask,
+                f.reshape(len(s.notes), K, *f.shape[1:]), m.reshape(len(s.notes), K, -1))
+    return out, sum(n in para for n in s.notes)
 
 def make_split(images, masks, notes: list[str], names=None, **extra) -> Split:
     "Build a `Split` from arrays and one note per image; checks shapes and the mask value set."
@@ -94,12 +111,14 @@ def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Gen
         yield idx
 
 def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: torch.Generator | None = None,
-              blur_rowwise: bool = True) -> dict:
+              blur_rowwise: bool = True, note_augment: float = 0.0) -> dict:
     """Gather a batch: image float [B,C,H,W] in [0,1], mask float [B,1,H,W], note_idx [B] (into `s.notes`), idx [B],
     and when the split carries text: text [B,L,D], text_mask [B,L] of each sample's (possibly mirrored) note.
     augment: 'none' | 'hflip' (p=0.5 per sample, note mirrored) | 'official' (blur, photometric, rot90/flip, rotate;
     the note is not changed) | 'official_notesafe' (blur, photometric, rotate, then hflip with the note mirrored):
-    `reclmis.augment`. blur_rowwise: the official row-wise blur quirk (False: the intended 2-D blur)."""
+    `reclmis.augment`. blur_rowwise: the official row-wise blur quirk (False: the intended 2-D blur). note_augment: the
+    share of samples whose text is one of its note's phrasings (`attach_paraphrases`), drawn after the flip (so a
+    mirrored note gets a phrasing of the mirrored note); 0 draws nothing (the official path, bit for bit)."""
     dev = s.images.device
     idx = idx.to(dev)
     img, msk, nid = s.images[idx].float(), s.masks[idx].float()[:, None], s.note_idx[idx]
@@ -113,4 +132,9 @@ def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: tor
         nid = torch.where(flip, s.mirror_idx[nid], nid)
     out = dict(image=img, mask=msk, note_idx=nid, idx=idx)
     if s.text is not None: out.update(text=s.text[nid].float(), text_mask=s.text_mask[nid])
+    if note_augment > 0 and s.para_text is not None:
+        use = _draw(generator, dev, len(idx)) < note_augment
+        k = (_draw(generator, dev, len(idx)) * s.para_text.shape[1]).long().clamp(max=s.para_text.shape[1] - 1)
+        out['text'] = torch.where(use[:, None, None], s.para_text[nid, k].float(), out['text'])
+        out['text_mask'] = torch.where(use[:, None], s.para_mask[nid, k], out['text_mask'])
     return out

@@ -21,8 +21,8 @@ from .data import sha256_file, subset
 
 # %% auto #0
 __all__ = ['SPLITS', 'TEXT_MODELS', 'run_name', 'paths', 'fetch_stage', 'prepare_stage', 'counterfactual_split', 'encode_stage',
-           'build_model', 'model_spec', 'model_from_spec', 'train_stage', 'load_checkpoint_model', 'load_best',
-           'predict_split', 'side_swap_split', 'counterfactual_eval', 'panel_indices', 'compute_profile',
+           'build_model', 'model_spec', 'model_from_spec', 'run_bank', 'train_stage', 'load_checkpoint_model',
+           'load_best', 'predict_split', 'side_swap_split', 'counterfactual_eval', 'panel_indices', 'compute_profile',
            'evaluate_stage', 'plot_overlays', 'plot_counterfactual', 'plot_curves']
 
 # %% ../nbs/08_pipeline.ipynb #285f2a1e
@@ -66,7 +66,7 @@ def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) ->
         for split in SPLITS:
             n = getattr(sp, f'n_{split}')
             s = make_synth(n, sp.size, sp.seed + _SYNTH_SEED_OFFSET[split], sp.min_lesions, sp.max_lesions,
-                           sp.p_distractor, sp.p_crossed, sp.noise)
+                           sp.p_distractor, sp.p_crossed, sp.noise, sides=sp.sides)
             write_synth(s, pa['raw'] / split)
             for i in range(n):
                 name = f'{i:05d}.png'
@@ -152,24 +152,43 @@ def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] |
                       [(names[i] if names else f'{i:05d}.png') for i in keep], masks_orig=s.masks[keep])
 
 # %% ../nbs/08_pipeline.ipynb #e580b6cf
+def _bank(q: Params, pa: dict, progress: bool = False):
+    "The text bank of `q.text` for the dataset of `pa`: (bank, the text encoder) encoded from prepared/notes.json."
+    from reclmis.text import make_text_encoder, encode_bank
+    if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro` (stage prepare) first")
+    notes = json.loads(pa['notes'].read_text()); t = q.text
+    enc = make_text_encoder(t.encoder, t.weights)
+    bank = encode_bank(notes, t, enc, q.run.seed, get_device(q.run.device, q.run.threads), progress)
+    if t.standardize: bank = bank.standardized(notes['train'])
+    return bank, enc
+
 def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, study: str | None = None) -> dict:
-    "Encode the unique notes of `dataset` (from prepared/notes.json) once; write the text bank and results/<ds>/text.json."
-    from reclmis.text import make_text_encoder, encode_notes, check_text_encoder, note_warnings
+    """Encode the notes of `dataset` (prepared/notes.json), their phrasings and held-out phrasings once (`text.encode_bank`);
+    write the text bank and results/<ds>/text.json (token budget, what it cuts per split, phrasings, warnings)."""
+    from reclmis.text import check_text_encoder, note_warnings, truncation
     root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset, study=study); t = q.text
     check_text_encoder(t.encoder)                      # a params error first, before any file is read
-    if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro prepare@{dataset}` first")
-    notes = sorted({n for ns in json.loads(pa['notes'].read_text()).values() for n in ns})
-    device = get_device(q.run.device, q.run.threads)
     t0 = time.time()
-    enc = make_text_encoder(t.encoder, t.weights)
-    bank = encode_notes(notes, enc, t.token_len, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
-    if t.standardize: bank = bank.standardized(json.loads(pa['notes'].read_text())['train'])
+    bank, enc = _bank(q, pa, progress)
     bank.save(pa['bank'])
-    unk = bank.meta['unknown_share']
-    warn = note_warnings(bank.notes, bank.meta['n_tokens_full'], unk, t.token_len, f' of {dataset}')
+    notes = json.loads(pa['notes'].read_text())
+    canon = sorted({n for ns in notes.values() for n in ns})
+    full, unk = dict(zip(bank.notes, bank.meta['n_tokens_full'])), dict(zip(bank.notes, bank.meta['unknown_share']))
+    warn = note_warnings(canon, [full[n] for n in canon], [unk[n] for n in canon], bank.token_len, f' of {dataset}')
     for w in warn: print(f'warning: {w}')
-    st = {'dataset': dataset, **bank.stats(), 'n_notes_mostly_unknown': sum(u >= 0.5 for u in unk), 'warnings': warn,
-          'encode_s': round(time.time() - t0, 1)}
+    per_image = {s: [str(n) for n in np.load(pa['prepared'] / f'{s}.npz')['notes']] for s in SPLITS}
+    para, held = bank.meta['paraphrases'], bank.meta['heldout']
+    rows = bank.rows(canon)
+    st = {'dataset': dataset, **bank.stats(), 'token_len_requested': t.token_len, 'unique_notes': len(canon),
+          'truncated_share': float(np.mean([full[n] > bank.token_len for n in canon])) if canon else 0.0,
+          'mean_valid_tokens': float(bank.mask[rows].sum(1).float().mean()) if canon else 0.0,
+          'max_tokens_untruncated': max(full[n] for n in canon) if canon else 0,
+          'n_notes_mostly_unknown': sum(unk[n] >= 0.5 for n in canon), 'warnings': warn,
+          'truncation': truncation(bank, per_image, enc),
+          'heldout_truncated': sum(full[x] > bank.token_len for v in held.values() for x in v),
+          'paraphrases_per_note': t.paraphrases, 'notes_with_paraphrases': len(para), 'notes_without': len(canon) - len(para),
+          'heldout_notes': len(held), 'example_paraphrases': {n: v[:3] for n, v in list(para.items())[:2]},
+          'example_heldout': {n: v[:3] for n, v in list(held.items())[:2]}, 'encode_s': round(time.time() - t0, 1)}
     write_json(pa['text_json'], st)
     return st
 
@@ -209,12 +228,30 @@ def model_from_spec(spec: dict, aux: bool = False):
     return build_model(spec['model'], Params(model=mp), spec['in_ch'], spec['img_size'], spec['text_dim'], aux)
 
 # %% ../nbs/08_pipeline.ipynb #086fa459
-def _with_text(model: str, split: Split, pa: dict, bank=None):
-    "Attach the cached token features when `model` reads notes; returns (split, the text bank or None)."
+def run_bank(q: Params, model: str, pa: dict):
+    """The text bank a run of `model` reads (None for a text-free model): the dataset's (stage encode), or, when the
+    run's `text` params differ from the ones the dataset's bank was made with (a variant overriding `text`), the run's
+    own bank, encoded once into its checkpoint folder (`ckpt/text_bank.pt`)."""
+    if model not in TEXT_MODELS: return None
+    from reclmis.text import TextBank
+    key = lambda b: {k: v for k, v in b.meta.get('text_params', {}).items() if k != 'batch_size'}
+    want = {k: v for k, v in asdict(q.text).items() if k != 'batch_size'}
+    bank = TextBank.load(pa['bank'])
+    if key(bank) == want or 'ckpt' not in pa: return bank
+    own = pa['ckpt'] / 'text_bank.pt'
+    if own.exists() and key(b := TextBank.load(own)) == want: return b
+    print(f"text params of {pa['ckpt'].parent.name} differ from the dataset's text bank: encoding the run's own ({own})")
+    bank, _ = _bank(q, pa)
+    atomic_write(own, lambda t: bank.save(t))
+    return bank
+
+def _with_text(model: str, split: Split, pa: dict, bank=None, q: Params | None = None):
+    """Attach the cached token features when `model` reads notes; returns (split, the text bank or None). The bank:
+    `bank`, else the run's (`run_bank`, with the run's params `q`), else the dataset's."""
     if model not in TEXT_MODELS: return split, None
     from reclmis.text import TextBank
     from reclmis.dataset import attach_text
-    bank = bank or TextBank.load(pa['bank'])
+    bank = bank or (run_bank(q, model, pa) if q is not None else TextBank.load(pa['bank']))
     return attach_text(split, bank), bank
 
 def _run(p: Params, dataset: str, model: str, seed: int | None, study: str | None):
@@ -246,6 +283,15 @@ def _launch_train(root, p, dataset, model, seed, study, nproc, pa) -> dict:
                               f"(torchrun exit {rc}); the processes' own messages are above")
     return json.loads(pa['train_json'].read_text())
 
+def _note_augment(tr: Split, bank, q: Params, dataset: str) -> tuple[Split, int]:
+    "Attach the training phrasings when `train.note_augment` > 0; say so when the notes have none (free text)."
+    if bank is None or q.train.note_augment == 0: return tr, 0
+    from reclmis.dataset import attach_paraphrases
+    tr, n = attach_paraphrases(tr, bank)
+    if n == 0: print(f"note: train.note_augment = {q.train.note_augment} has no effect on {dataset}: its notes are not "
+                     "in the structured grammar (reclmis.notes) or text.paraphrases is 0")
+    return tr, n
+
 def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     "The body of `train_stage`, under the run's lock (on every rank of a distributed run; rank 0 writes)."
     from reclmis.train import fit
@@ -253,10 +299,12 @@ def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     rank, W = world()
     seed_everything(seed)
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
-    tr, bank = _with_text(base, tr, pa); va, _ = _with_text(base, va, pa, bank)
+    tr, bank = _with_text(base, tr, pa, q=q); va, _ = _with_text(base, va, pa, bank)
+    tr, n_para = _note_augment(tr, bank, q, dataset)
     in_ch, text_dim = tr.images.shape[1], bank.dim if bank else 0
     net = build_model(base, q, in_ch, q.datasets[dataset].img_size, text_dim)
     spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model, 'seed': seed}
+    if bank is not None: spec['text']['token_len'] = bank.token_len        # 'auto' resolved: what predict must use
     fp = fingerprint({'train': q.train, 'model': getattr(q.model, base, None), 'data': q.datasets[dataset], 'synth': q.synth,
                       'seed': seed, 'model_name': base, 'n_train': len(tr), 'code': code_hash(),
                       'text': asdict(q.text) if base in TEXT_MODELS else None, **({'world_size': W} if W > 1 else {})})
@@ -267,6 +315,7 @@ def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     out = {'dataset': dataset, 'model': model, 'base_model': base, 'seed': seed, 'study': study, 'device': device.type,
            'params': counts['total'], 'params_inference': counts['inference'],
            'text_encoder': q.text.encoder if base in TEXT_MODELS else None,
+           'token_len': bank.token_len if bank else None, 'notes_with_paraphrases': n_para,
            'best_val_dice': st['best_dice'], 'best_epoch': st['best_epoch'] + 1, 'epochs_run': len(st['history']),
            'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'],
            'fingerprint': fp, 'machines': st.get('machines', []), 'world_size': W, 'backend': backend()}
@@ -352,7 +401,7 @@ def counterfactual_eval(model: str, net, te: Split, prob: torch.Tensor, acc, pa:
     from reclmis.metrics import dice_a, confusion_counts
     thr, known = q.evaluate.threshold, pa['test_cf'].exists()
     cf = load_split(pa['test_cf']) if known else side_swap_split(te)
-    cf, _ = _with_text(model, cf, pa)
+    cf, _ = _with_text(model, cf, pa, q=q)
     orig = cf.extra['masks_orig']
     pcf = predict_split(net, cf, q.evaluate.batch_size, device, orig.shape[-1], q.run.amp)
     by_name = dict(zip(te.names, dice_a(acc.counts)))
@@ -368,7 +417,7 @@ def panel_indices(names: list[str], n: int) -> list[int]:
     order = sorted(range(len(names)), key=lambda i: names[i])
     return [order[j] for j in np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)] if n and names else []
 
-def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_dim: int) -> dict:
+def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_dim: int, token_len: int = 0) -> dict:
     """One protocol for every model (`reclmis.compute`): MACs per image (thop rules, batch 1) at the run size and at
     224 x 224 (the same configuration rebuilt for that size), and CPU latency per image (batch 1, median of 20 after 3
     warm-ups, text features given: the frozen encoder is not timed)."""
@@ -377,7 +426,7 @@ def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_di
     def inputs(size, C):
         x = torch.rand(1, C, size, size)
         if model not in TEXT_MODELS: return (x,)
-        L = q.text.token_len
+        L = token_len or q.text.token_len
         return (x, torch.randn(1, L, text_dim), torch.ones(1, L, dtype=torch.bool))
     C, S = te.images.shape[1], te.images.shape[-1]
     was = next(net.parameters()).device
@@ -422,7 +471,7 @@ def _score(dataset, model, q, base, seed, pa) -> dict:
     "Score the run; write its results to the (staged) paths `pa`."
     from reclmis.metrics import MetricAccumulator, bootstrap_ci, dice_a, confusion_counts
     device = get_device(q.run.device, q.run.threads)
-    te, bank = _with_text(base, load_split(pa['prepared'] / 'test.npz'), pa)
+    te, bank = _with_text(base, load_split(pa['prepared'] / 'test.npz'), pa, q=q)
     text_dim = bank.dim if bank else 0
     net = load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, text_dim, train_json=pa['train_json'])
     target = te.extra.get('masks_eval', te.masks)
@@ -436,7 +485,7 @@ def _score(dataset, model, q, base, seed, pa) -> dict:
     m.update(dice_a_ci_low=lo, dice_a_ci_high=hi, eval_size=int(target.shape[-1]), img_size=int(te.images.shape[-1]),
              predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type, model=model, base_model=base, seed=seed)
     m.update(counterfactual_eval(base, net, te, prob, acc, pa, q, device))
-    m.update(compute_profile(net, te, base, q, dataset, text_dim))
+    m.update(compute_profile(net, te, base, q, dataset, text_dim, bank.token_len if bank else 0))
     pick = panel_indices(te.names, q.evaluate.n_panel)
     img = te.images[pick].float().mean(1, keepdim=True)
     if img.shape[-1] != target.shape[-1] and len(pick):

@@ -13,7 +13,7 @@ from .study import unit_of
 from .safeio import RunLock, write_json
 
 # %% auto #0
-__all__ = ['boundary_metrics', 'derangement', 'cluster_ci', 'probe_stage']
+__all__ = ['boundary_metrics', 'derangement', 'cluster_ci', 'paraphrase_split', 'named_half_share', 'probe_stage']
 
 # %% ../nbs/24_probes.ipynb #e478390e
 def boundary_metrics(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
@@ -46,17 +46,62 @@ def cluster_ci(values, units, n_boot: int = 1000, seed: int = 0) -> tuple[float,
     m = s[idx].sum(1) / c[idx].sum(1)
     return float(np.quantile(m, .025)), float(np.quantile(m, .975))
 
+# %% ../nbs/24_probes.ipynb #5a1b4de0
+def paraphrase_split(te, bank, seed: int = 0):
+    """The test images whose note has held-out phrasings in `bank` (`meta['heldout']`), each with one phrasing drawn
+    with `seed`, text attached; `extra['orig_idx']` holds their indices in `te`. None when no note has phrasings."""
+    from reclmis.dataset import Split, attach_text
+    held = bank.meta.get('heldout') or {}
+    keep = [i for i in range(len(te)) if te.notes[int(te.note_idx[i])] in held]
+    if not keep: return None
+    rng = np.random.default_rng(seed)
+    chosen = [held[te.notes[int(te.note_idx[i])]][int(rng.integers(len(held[te.notes[int(te.note_idx[i])]])))]
+              for i in keep]
+    uniq = sorted(set(chosen)); pos = {n: j for j, n in enumerate(uniq)}
+    k = torch.as_tensor(keep)
+    extra = {n: v[k] for n, v in te.extra.items()} | {'orig_idx': k}
+    s = Split(te.images[k], te.masks[k], uniq, torch.tensor([pos[c] for c in chosen]), torch.arange(len(uniq)),
+              [te.names[i] for i in keep], extra)
+    return attach_text(s, bank)
+
+def named_half_share(prob: np.ndarray, side: int, threshold: float = 0.5, sides: str = 'image') -> float:
+    """Share of the predicted foreground of `prob` [H,W] in the half of the image that note side `side` names (0 =
+    'left', 1 = 'right'); `sides`: 'image' ('left' = the image's left half) or 'radiological'. NaN for an empty prediction."""
+    fg = np.asarray(prob) > threshold
+    if not fg.any(): return float('nan')
+    W = fg.shape[-1]
+    left_half = (side == 0) == (sides == 'image')
+    half = fg[:, :W // 2] if left_half else fg[:, W - W // 2:]
+    return float(half.sum() / fg.sum())
+
 # %% ../nbs/24_probes.ipynb #94d6a804
 def _null_split(te, model: str, q: Params, bank, device):
     "The test split with one note for every image: the encoder's features of the empty string."
     from reclmis.text import make_text_encoder, apply_standardize
     from reclmis.dataset import Split
     enc = make_text_encoder(q.text.encoder, q.text.weights).to(device)
-    ids, mask = enc.tokenize([''], q.text.token_len)
+    ids, mask = enc.tokenize([''], bank.token_len)
     with torch.no_grad(): f = enc(ids.to(device), mask.to(device)).float().cpu()
     f = apply_standardize(f, bank.meta)
     return Split(te.images, te.masks, ['<null>'], torch.zeros(len(te), dtype=torch.long), torch.zeros(1, dtype=torch.long),
                  te.names, te.extra, f, mask.bool())
+
+def _side_shares(te, sw, keep, prob, ps, thr, sides) -> dict:
+    "Foreground shares in the named half (`named_half_share`) on the swapped images whose note names one lung."
+    from reclmis.notes import structure
+    rows = []
+    for j, i in enumerate(keep):
+        zs = structure(te.notes[int(te.note_idx[i])])
+        if zs is None or len({z // 3 for z in zs}) != 1: continue
+        side = zs[0] // 3
+        rows.append((named_half_share(prob[i].numpy(), side, thr, sides), named_half_share(ps[j].numpy(), 1 - side, thr, sides)))
+    if not rows: return {}
+    a = np.array(rows)
+    both = ~np.isnan(a).any(1)
+    return {'text_swap_unilateral_n': len(rows), 'text_swap_unilateral_empty': int((~both).sum()), 'side_convention': sides,
+            'text_swap_share_named_orig': float(a[both, 0].mean()) if both.any() else None,
+            'text_swap_share_named_swapped': float(a[both, 1].mean()) if both.any() else None,
+            'text_swap_moved_share': float((a[both, 1] > 0.5).mean()) if both.any() else None}
 
 def _dice(prob, target, thr):
     from reclmis.metrics import dice_a, confusion_counts
@@ -79,7 +124,7 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
     from reclmis.dataset import Split
     device = get_device(q.run.device, q.run.threads)
     t0 = time.time()
-    te, bank = pl._with_text(base, pl.load_split(pa['prepared'] / 'test.npz'), pa)
+    te, bank = pl._with_text(base, pl.load_split(pa['prepared'] / 'test.npz'), pa, q=q)
     net = pl.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0,
                        train_json=pa['train_json'])
     target = te.extra.get('masks_eval', te.masks); thr, bs, S = q.evaluate.threshold, q.evaluate.batch_size, target.shape[-1]
@@ -109,6 +154,13 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
             keep = [te.names.index(n) for n in sw.names]
             out.update(text_swap_n=len(sw), text_swap_orig_dice_a=float(dice[keep].mean()),
                        text_swap_dice_a=float(_dice(ps, sw.extra['masks_orig'], thr).mean()))
+            out.update(_side_shares(te, sw, keep, prob, ps, thr, q.synth.sides if q.datasets[dataset].kind == 'synth' else 'image'))
+        para = paraphrase_split(te, bank, q.run.seed)
+        if para is not None:
+            pp, at = pl.predict_split(net, para, bs, device, S, q.run.amp), para.extra['orig_idx']
+            out.update(text_paraphrase_n=len(para), text_paraphrase_canonical_dice_a=float(dice[at.numpy()].mean()),
+                       text_paraphrase_dice_a=float(_dice(pp, target[at], thr).mean()),
+                       text_paraphrase_example=para.notes[int(para.note_idx[0])])
     out['probe_s'] = round(time.time() - t0, 1)
     write_json(pa['results'] / 'probes.json', out)
     return out

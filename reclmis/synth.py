@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ZONES', 'LEVELS', 'SIDES', 'LUNGS', 'zones_to_note', 'note_to_zones', 'swap_zone_ids', 'swap_sides', 'mask_for_zones',
-           'flip_zonemap', 'lung_radius', 'zone_masks', 'zone_boxes', 'SynthSet', 'make_synth', 'synth_stats',
-           'write_synth', 'read_synth', 'counterfactual']
+           'flip_zonemap', 'lung_radius', 'zone_masks', 'zone_boxes', 'lungs_for', 'SynthSet', 'make_synth',
+           'synth_stats', 'write_synth', 'read_synth', 'counterfactual']
 
 # %% ../nbs/02_synth.ipynb #e464a37a
 import csv, json, operator, re
@@ -200,9 +200,16 @@ def _layout(rng, min_lesions, max_lesions, p_distractor, p_crossed):
     return sorted(zones), sorted(desc), False
 
 # %% ../nbs/02_synth.ipynb #99221e84
-def _make_one(rng, size, min_lesions, max_lesions, p_distractor, p_crossed, noise, jitter):
+def lungs_for(sides: str = 'image') -> np.ndarray:
+    """The nominal lung geometry with row 0 = the lung the notes call 'left': the image's left lung under `sides='image'`
+    (QaTa-COV19's convention), the patient's left (the image's right) under 'radiological'. The anatomy (heart on
+    the image's right) is the same under both; only which lung is called 'left' changes."""
+    if sides not in ('image', 'radiological'): raise ValueError(f"sides must be 'image' or 'radiological', got {sides!r}")
+    return (LUNGS[::-1] if sides == 'image' else LUNGS).copy()
+
+def _make_one(rng, size, min_lesions, max_lesions, p_distractor, p_crossed, noise, jitter, sides='image'):
     lz, desc, crossed = _layout(rng, min_lesions, max_lesions, p_distractor, p_crossed)  # first: notes don't depend on size
-    lungs = LUNGS.copy()
+    lungs = lungs_for(sides)
     lungs[:, 0] += rng.uniform(-0.012, 0.012, 2) * jitter
     lungs[:, 1] += rng.uniform(-0.015, 0.015) * jitter
     lungs[:, 2:] *= 1 + rng.uniform(-0.05, 0.05, (2, 1)) * jitter
@@ -243,8 +250,10 @@ class SynthSet:
 
 # %% ../nbs/02_synth.ipynb #22fbf6f8
 def make_synth(n: int, size: int = 64, seed: int = 0, min_lesions: int = 1, max_lesions: int = 4,
-               p_distractor: float = 0.85, p_crossed: float = 0.3, noise: float = 0.04, jitter: float = 1.0) -> SynthSet:
-    "Generate `n` synthetic chest X-rays of `size` px whose mask holds only the opacities the note names."
+               p_distractor: float = 0.85, p_crossed: float = 0.3, noise: float = 0.04, jitter: float = 1.0,
+               sides: str = 'image') -> SynthSet:
+    """Generate `n` synthetic chest X-rays of `size` px whose mask holds only the opacities the note names; `sides`: how
+    the notes name sides (`lungs_for`)."""
     if n < 0: raise ValueError(f"n must be >= 0, got {n}")
     if size < 16: raise ValueError(f"size must be >= 16, got {size}")
     if not 1 <= min_lesions <= max_lesions <= 6:
@@ -252,14 +261,14 @@ def make_synth(n: int, size: int = 64, seed: int = 0, min_lesions: int = 1, max_
     for k, p in dict(p_distractor=p_distractor, p_crossed=p_crossed).items():
         if not 0 <= p <= 1: raise ValueError(f"{k} must be in [0,1], got {p}")
     params = dict(n=n, size=size, seed=seed, min_lesions=min_lesions, max_lesions=max_lesions,
-                  p_distractor=p_distractor, p_crossed=p_crossed, noise=noise, jitter=jitter)
+                  p_distractor=p_distractor, p_crossed=p_crossed, noise=noise, jitter=jitter, sides=sides)
     images = np.zeros((n, size, size), np.uint8)
     zonemaps = np.zeros((n, size, size), np.uint8)
     lzs, descs, crosses = [], [], []
     for i in range(n):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))  # = SeedSequence(seed).spawn(n)[i]
         images[i], zonemaps[i], lz, desc, crossed = _make_one(rng, size, min_lesions, max_lesions,
-                                                             p_distractor, p_crossed, noise, jitter)
+                                                             p_distractor, p_crossed, noise, jitter, sides)
         lzs.append(lz); descs.append(desc); crosses.append(crossed)
     masks = np.stack([mask_for_zones(zm, d) for zm, d in zip(zonemaps, descs)]) if n else np.zeros_like(zonemaps)
     return SynthSet(images, masks, zonemaps, lzs, descs, [zones_to_note(d) for d in descs], crosses, params)

@@ -18,7 +18,8 @@ from .core import DataError, ParamsError
 __all__ = ['EOF_PAD', 'SOT', 'EOT', 'TEXT_ENCODERS', 'pad_eof', 'check_note', 'clip_bpe', 'clip_tokenize', 'TextEncoder',
            'HFTokenEncoder', 'minilm_path', 'clip_text_config', 'openai_to_hf_clip_text', 'CLIPTextEncoder',
            'register_text_encoder', 'check_text_encoder', 'make_text_encoder', 'TextBank', 'apply_standardize',
-           'encode_notes', 'note_lengths', 'unknown_share', 'note_warnings']
+           'encode_notes', 'note_lengths', 'unknown_share', 'note_warnings', 'max_tokens', 'resolve_token_len',
+           'encode_bank', 'cut_tail', 'truncation']
 
 # %% ../nbs/11_text.ipynb #6ab7a004
 EOF_PAD = ' EOF XXX'
@@ -257,7 +258,7 @@ class TextBank:
         "How the notes fit `token_len`: share truncated, mean valid tokens, and the encoder meta."
         n_tok = self.meta.get('n_tokens_full', [])
         trunc = [t > self.token_len for t in n_tok]
-        return {**{k: v for k, v in self.meta.items() if k not in ('n_tokens_full', 'unknown_share', 'standardize')},
+        return {**{k: v for k, v in self.meta.items() if k not in ('n_tokens_full', 'unknown_share', 'standardize', 'paraphrases', 'heldout', 'text_params')},
                 'standardized': 'standardize' in self.meta, 'unique_notes': len(self), 'dim': self.dim,
                 'token_len': self.token_len, 'mean_valid_tokens': float(self.mask.sum(1).float().mean()) if len(self) else 0.0,
                 'truncated_share': float(sum(trunc) / len(trunc)) if trunc else 0.0,
@@ -324,4 +325,63 @@ def note_warnings(notes: list[str], n_tokens: list[int], unknown: list[float], t
         out.append(f"{len(odd)} of {n} notes{where} are mostly unknown to the text encoder's vocabulary (>= 50 % "
                    f"[UNK] pieces), e.g. {odd[0][:80]!r}: the model cannot read them. Write notes in the language "
                    "and vocabulary of the training notes, or choose another text.encoder")
+    return out
+
+# %% ../nbs/11_text.ipynb #44005e03
+def max_tokens(encoder: TextEncoder) -> int:
+    "The longest token sequence `encoder` reads: CLIP's 77 positions, a Hugging Face model's position table (else 512)."
+    if encoder.name == 'clip-vit-b32': return 77
+    cfg = getattr(getattr(encoder, 'model', None), 'config', None)
+    return int(getattr(cfg, 'max_position_embeddings', 512) or 512)
+
+def resolve_token_len(token_len: int | str, encoder: TextEncoder, texts: list[str]) -> int:
+    """`text.token_len` as a number: itself, or for 'auto' the longest of `texts` (the pre-processed training notes)
+    in tokens, capped by `max_tokens(encoder)`."""
+    if token_len != 'auto': return int(token_len)
+    n = note_lengths(encoder, list(texts))
+    if not n: raise ParamsError(f"text.token_len: auto cannot count tokens with encoder {encoder.name!r} "
+                                "(or there are no training notes); set text.token_len to a number")
+    return min(max(n), max_tokens(encoder))
+
+# %% ../nbs/11_text.ipynb #e0bb8d29
+def encode_bank(notes: dict, t, encoder: TextEncoder, seed: int = 0, device='cpu', progress: bool = True) -> TextBank:
+    """Encode the notes of one dataset (`notes`: split -> unique notes) with text params `t` (`core.TextParams`):
+    the notes, their training phrasings and the test notes' held-out phrasings (`reclmis.notes`), `token_len`
+    resolved over the training notes and their phrasings. `meta` keeps `paraphrases` and `heldout` (note -> its
+    phrasings), `token_len_requested` and `text_params`."""
+    from dataclasses import asdict
+    from reclmis.notes import paraphrases, HELDOUT
+    canon = sorted({n for ns in notes.values() for n in ns})
+    para = {n: v for n in canon if (v := paraphrases(n, t.paraphrases, seed))}
+    held = {n: v for n in sorted(set(notes.get('test', []))) if (v := paraphrases(n, t.paraphrases, seed, HELDOUT))}
+    train = set(notes.get('train', canon))
+    train |= {x for n in list(train) for x in para.get(n, [])}
+    L = resolve_token_len(t.token_len, encoder, sorted(pad_eof(n, t.eof_min_words) if t.pad_eof else n for n in train))
+    every = sorted(set(canon) | {x for v in para.values() for x in v} | {x for v in held.values() for x in v})
+    bank = encode_notes(every, encoder, L, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
+    bank.meta.update(paraphrases=para, heldout=held, token_len_requested=t.token_len, text_params=asdict(t))
+    return bank
+
+# %% ../nbs/11_text.ipynb #7e386586
+def cut_tail(encoder: TextEncoder, text: str, token_len: int) -> str:
+    "The part of the (pre-processed) `text` beyond `token_len` tokens ('' when it fits; CLIP: the number of tokens cut)."
+    tok = getattr(encoder, 'tokenizer', None)
+    if tok is None:
+        n = note_lengths(encoder, [text])[0]
+        return f'<{n - token_len} tokens>' if n > token_len else ''
+    ids = tok(text)['input_ids']
+    return tok.decode(ids[token_len - 1:-1]) if len(ids) > token_len else ''
+
+def truncation(bank: TextBank, per_image: dict, encoder: TextEncoder, top: int = 5) -> dict:
+    """How `bank.token_len` cuts the notes that each split's images carry (`per_image`: split -> one note per image):
+    per split the images and unique notes cut (`images` of `n`), and the `top` most frequent cut tails."""
+    full, L, m = dict(zip(bank.notes, bank.meta.get('n_tokens_full', []))), bank.token_len, bank.meta
+    pre = lambda n: pad_eof(n, m.get('eof_min_words', 9)) if m.get('pad_eof', True) else n
+    out, tails = {'token_len': L}, {}
+    for split, ns in per_image.items():
+        cut = [n for n in ns if full.get(n, 0) > L]
+        out[split] = {'images': len(cut), 'n': len(ns), 'unique_notes': len(set(cut)), 'unique_of': len(set(ns))}
+        for n in cut: tails[n] = tails.get(n, 0) + 1
+    ex = sorted(tails.items(), key=lambda kv: -kv[1])[:top]
+    out['cut_examples'] = [{'note': n, 'cut': cut_tail(encoder, pre(n), L), 'images': c} for n, c in ex]
     return out

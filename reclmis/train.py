@@ -247,7 +247,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         bar = tqdm(list(batches(len(train), cfg.batch_size * W, shuffle=True, generator=gen)),
                    desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not progress or rank > 0, leave=False)
         for step, idx in enumerate(bar):
-            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise)    # the global batch, the same on every rank
+            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise, cfg.note_augment)    # the global batch, the same on every rank
             b, share = rank_slice(b, W, rank)
             if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
             with autocast_ctx(device, amp): out = forward(step_model, b)
