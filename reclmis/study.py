@@ -11,9 +11,10 @@ from .core import Params, project_root
 from .safeio import write_json
 
 # %% auto #0
-__all__ = ['ABLATION', 'SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table',
-           'unit_of', 'holm', 'paired_test', 'compare_pairs', 'pairs_table', 'seed_mean', 'ablate_summary',
-           'ablate_table', 'write_summary', 'load_summaries', 'write_summaries']
+__all__ = ['ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary',
+           'augment_table', 'unit_of', 'holm', 'paired_test', 'compare_pairs', 'pairs_table', 'seed_mean',
+           'ablate_summary', 'ablate_table', 'notes_summary', 'notes_table', 'write_summary', 'load_summaries',
+           'write_summaries']
 
 # %% ../nbs/22_study.ipynb #0e9b82c0
 def study_runs(root, study: str) -> list[dict]:
@@ -232,10 +233,52 @@ def ablate_table(d: dict) -> str:
         lines.append('')
     return '\n'.join(lines).strip()
 
+# %% ../nbs/22_study.ipynb #d7b5a2ff
+NOTE_KEYS = (('dice_a', 'canonical notes'), ('text_paraphrase_dice_a', 'held-out phrasings'),
+             ('text_null_dice_a', 'empty note'), ('text_shuffled_dice_a', "another image's note"),
+             ('text_swap_dice_a', 'sides swapped (vs the true mask)'),
+             ('text_swap_share_named_orig', 'foreground in the named half'),
+             ('text_swap_share_named_swapped', 'foreground in the newly named half (sides swapped)'))
+
+def notes_summary(p: Params, root=None, study: str = 'notes') -> dict | None:
+    """Per dataset and model of `study`: mean, SD and per-seed values of each `NOTE_KEYS` score (probes.json, metrics.json),
+    and the paired change from canonical to held-out phrasings (`paraphrase_change`), in points."""
+    root = Path(root or project_root())
+    runs = [r for r in study_runs(root, study) if (r['dir'] / 'probes.json').exists()]
+    if not runs: return None
+    out = {}
+    for r in runs:
+        pr = {**r['metrics'], **json.loads((r['dir'] / 'probes.json').read_text())}
+        row = out.setdefault(r['dataset'], {}).setdefault(r['model'], {'seeds': []})
+        row['seeds'].append(r['seed'])
+        for k, _ in NOTE_KEYS + (('paraphrase_change', ''),):
+            v = (pr['text_paraphrase_dice_a'] - pr['text_paraphrase_canonical_dice_a']
+                 if k == 'paraphrase_change' and 'text_paraphrase_dice_a' in pr else pr.get(k))
+            if v is not None: row.setdefault(k, []).append(100 * float(v))
+    for ds in out.values():
+        for row in ds.values():
+            for k in list(row):
+                if k != 'seeds': row[k] = {'mean': float(np.mean(row[k])), 'sd': float(np.std(row[k], ddof=1)) if len(row[k]) > 1
+                                            else None, 'values': row[k]}
+    return out
+
+def notes_table(d: dict) -> str:
+    "The `notes` study as one markdown table per dataset: mean +- SD over seeds (points), seeds in the header."
+    f = lambda x: '-' if x is None else f"{x['mean']:.2f}" + (f" ± {x['sd']:.2f}" if x['sd'] is not None else '')
+    parts = []
+    for ds, models in d.items():
+        ms = list(models)
+        lines = [f'{ds}:', '', '| score | ' + ' | '.join(f"{m} (seeds {', '.join(map(str, models[m]['seeds']))})" for m in ms)
+                 + ' |', '|' + '---|' * (len(ms) + 1)]
+        for k, label in NOTE_KEYS + (('paraphrase_change', 'change, canonical -> held-out phrasings (paired)'),):
+            lines.append(f'| {label} | ' + ' | '.join(f(models[m].get(k)) for m in ms) + ' |')
+        parts.append('\n'.join(lines))
+    return '\n\n'.join(parts)
+
 # %% ../nbs/22_study.ipynb #dba67d70
 SUMMARIES = {'compare': lambda p, root: compare_pairs(root), 'uptake': uptake_summary, 'augment': augment_summary,
-             'ablate': ablate_summary}
-TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table,
+             'ablate': ablate_summary, 'notes': notes_summary}
+TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table, 'notes': notes_table,
           'compare': lambda d: '\n\n'.join(f'{ds}: ' + pairs_table(x) for ds, x in d.items())}
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
