@@ -40,7 +40,7 @@ class Split:
     extra: dict = field(default_factory=dict)   # e.g. masks_eval, zonemaps
     text: torch.Tensor | None = None            # frozen token features of each unique note [len(notes),L,D] (`attach_text`)
     text_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),L]
-    para_text: torch.Tensor | None = None       # K phrasings of each unique note [len(notes),K,L,D] (`attach_paraphrases`)
+    para_text: torch.Tensor | None = None       # K phrasings of each note [len(notes),K,L,D] (`attach_paraphrases`)
     para_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),K,L]
 
     def __len__(self): return len(self.images)

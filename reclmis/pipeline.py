@@ -163,7 +163,7 @@ def _bank(q: Params, pa: dict, progress: bool = False):
     return bank, enc
 
 def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, study: str | None = None) -> dict:
-    """Encode the notes of `dataset` (prepared/notes.json), their phrasings and held-out phrasings once (`text.encode_bank`);
+    """Encode the notes of `dataset` (prepared/notes.json), their phrasings and held-out phrasings (`text.encode_bank`);
     write the text bank and results/<ds>/text.json (token budget, what it cuts per split, phrasings, warnings)."""
     from reclmis.text import check_text_encoder, note_warnings, truncation
     root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset, study=study); t = q.text
@@ -186,7 +186,8 @@ def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, stud
           'n_notes_mostly_unknown': sum(unk[n] >= 0.5 for n in canon), 'warnings': warn,
           'truncation': truncation(bank, per_image, enc),
           'heldout_truncated': sum(full[x] > bank.token_len for v in held.values() for x in v),
-          'paraphrases_per_note': t.paraphrases, 'notes_with_paraphrases': len(para), 'notes_without': len(canon) - len(para),
+          'paraphrases_per_note': t.paraphrases, 'notes_with_paraphrases': len(para),
+          'notes_without': len(canon) - len(para),
           'heldout_notes': len(held), 'example_paraphrases': {n: v[:3] for n, v in list(para.items())[:2]},
           'example_heldout': {n: v[:3] for n, v in list(held.items())[:2]}, 'encode_s': round(time.time() - t0, 1)}
     write_json(pa['text_json'], st)
@@ -240,7 +241,7 @@ def run_bank(q: Params, model: str, pa: dict):
     if key(bank) == want or 'ckpt' not in pa: return bank
     own = pa['ckpt'] / 'text_bank.pt'
     if own.exists() and key(b := TextBank.load(own)) == want: return b
-    print(f"text params of {pa['ckpt'].parent.name} differ from the dataset's text bank: encoding the run's own ({own})")
+    print(f"text params of {pa['ckpt'].parent.name} differ from the dataset's text bank: encoding its own ({own})")
     bank, _ = _bank(q, pa)
     atomic_write(own, lambda t: bank.save(t))
     return bank

@@ -66,7 +66,7 @@ def paraphrase_split(te, bank, seed: int = 0):
 
 def named_half_share(prob: np.ndarray, side: int, threshold: float = 0.5, sides: str = 'image') -> float:
     """Share of the predicted foreground of `prob` [H,W] in the half of the image that note side `side` names (0 =
-    'left', 1 = 'right'); `sides`: 'image' ('left' = the image's left half) or 'radiological'. NaN for an empty prediction."""
+    'left', 1 = 'right'); `sides`: 'image' ('left' = the image's left half) or 'radiological'. NaN: empty prediction."""
     fg = np.asarray(prob) > threshold
     if not fg.any(): return float('nan')
     W = fg.shape[-1]
@@ -94,11 +94,13 @@ def _side_shares(te, sw, keep, prob, ps, thr, sides) -> dict:
         zs = structure(te.notes[int(te.note_idx[i])])
         if zs is None or len({z // 3 for z in zs}) != 1: continue
         side = zs[0] // 3
-        rows.append((named_half_share(prob[i].numpy(), side, thr, sides), named_half_share(ps[j].numpy(), 1 - side, thr, sides)))
+        rows.append((named_half_share(prob[i].numpy(), side, thr, sides),
+                     named_half_share(ps[j].numpy(), 1 - side, thr, sides)))
     if not rows: return {}
     a = np.array(rows)
     both = ~np.isnan(a).any(1)
-    return {'text_swap_unilateral_n': len(rows), 'text_swap_unilateral_empty': int((~both).sum()), 'side_convention': sides,
+    return {'text_swap_unilateral_n': len(rows), 'text_swap_unilateral_empty': int((~both).sum()),
+            'side_convention': sides,
             'text_swap_share_named_orig': float(a[both, 0].mean()) if both.any() else None,
             'text_swap_share_named_swapped': float(a[both, 1].mean()) if both.any() else None,
             'text_swap_moved_share': float((a[both, 1] > 0.5).mean()) if both.any() else None}
@@ -154,7 +156,8 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
             keep = [te.names.index(n) for n in sw.names]
             out.update(text_swap_n=len(sw), text_swap_orig_dice_a=float(dice[keep].mean()),
                        text_swap_dice_a=float(_dice(ps, sw.extra['masks_orig'], thr).mean()))
-            out.update(_side_shares(te, sw, keep, prob, ps, thr, q.synth.sides if q.datasets[dataset].kind == 'synth' else 'image'))
+            sides = q.synth.sides if q.datasets[dataset].kind == 'synth' else 'image'
+            out.update(_side_shares(te, sw, keep, prob, ps, thr, sides))
         para = paraphrase_split(te, bank, q.run.seed)
         if para is not None:
             pp, at = pl.predict_split(net, para, bs, device, S, q.run.amp), para.extra['orig_idx']

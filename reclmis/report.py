@@ -105,15 +105,16 @@ def counterfactual_table(results_dir='results') -> str:
 def text_table(results_dir='results') -> str:
     """The text features of each dataset (results/<ds>/text.json): encoder, width, token_len (as set -> used), unique
     notes, share of them truncated, test images whose note is cut, phrasings per structured note."""
-    lines = ['| dataset | encoder | weights | width | token_len | EOF padding | unique notes | mean valid tokens | truncated '
-             '| test images cut | phrasings per note |', '|' + '---|' * 11]
+    lines = ['| dataset | encoder | weights | width | token_len | EOF padding | unique notes | mean valid tokens '
+             '| truncated | test images cut | phrasings per note |', '|' + '---|' * 11]
     for f in sorted(Path(results_dir).glob('*/text.json')):
         d = json.loads(f.read_text())
         req = d.get('token_len_requested', d['token_len'])
         tl = f"{req} -> {d['token_len']}" if req != d['token_len'] else f"{d['token_len']}"
         cut = (d.get('truncation') or {}).get('test')
         cut = f"{cut['images']} of {cut['n']}" if cut else '-'
-        ph = f"{d['paraphrases_per_note']} ({d['notes_with_paraphrases']} notes)" if d.get('notes_with_paraphrases') else '-'
+        ph = (f"{d['paraphrases_per_note']} ({d['notes_with_paraphrases']} notes)" if d.get('notes_with_paraphrases')
+              else '-')
         lines.append(f"| {d['dataset']} | {d['encoder']} | {d.get('weights') or 'default'} | {d['dim']} | {tl} | "
                      f"{'yes' if d.get('pad_eof') else 'no'} | {d['unique_notes']} | {d['mean_valid_tokens']:.1f} | "
                      f"{100 * d['truncated_share']:.1f}% | {cut} | {ph} |")
@@ -297,7 +298,8 @@ def figures(results_dir='results', kinds=None) -> list[tuple[str, Path]]:
 def wording_table(results_dir='results') -> str:
     """Per text-model run with the paraphrase probe (`probes.json`): Dice A with the canonical notes and with held-out
     phrasings of the same notes (`reclmis.notes.HELDOUT`) on the same images, and, on the images whose note names one
-    lung, the share of the predicted foreground in the named half with the note as written and with the sides swapped."""
+    lung, the share of the predicted foreground in the named half, with the note as written and with the sides swapped.
+    """
     f = lambda x: '-' if x is None else f'{100 * x:.2f}'
     lines = ['| dataset | model | seed | images | canonical notes | held-out phrasings | change | one-lung notes (n) | '
              'foreground in the named half: as written | sides swapped |', '|' + '---|' * 10]
@@ -308,6 +310,6 @@ def wording_table(results_dir='results') -> str:
         ch = 100 * (r['text_paraphrase_dice_a'] - r['text_paraphrase_canonical_dice_a'])
         sh = (f"{r['text_swap_unilateral_n']} | {f(r.get('text_swap_share_named_orig'))} | "
               f"{f(r.get('text_swap_share_named_swapped'))}") if 'text_swap_unilateral_n' in r else '- | - | -'
-        lines.append(f"| {ds} | {model} | {seed} | {r['text_paraphrase_n']} | {f(r['text_paraphrase_canonical_dice_a'])} | "
-                     f"{f(r['text_paraphrase_dice_a'])} | {ch:+.2f} | {sh} |")
+        lines.append(f"| {ds} | {model} | {seed} | {r['text_paraphrase_n']} | "
+                     f"{f(r['text_paraphrase_canonical_dice_a'])} | {f(r['text_paraphrase_dice_a'])} | {ch:+.2f} | {sh} |")
     return '\n'.join(lines) if len(lines) > 2 else '_No paraphrase probes yet (the `probe` stage of a text model)._'

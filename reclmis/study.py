@@ -241,7 +241,7 @@ NOTE_KEYS = (('dice_a', 'canonical notes'), ('text_paraphrase_dice_a', 'held-out
              ('text_swap_share_named_swapped', 'foreground in the newly named half (sides swapped)'))
 
 def notes_summary(p: Params, root=None, study: str = 'notes') -> dict | None:
-    """Per dataset and model of `study`: mean, SD and per-seed values of each `NOTE_KEYS` score (probes.json, metrics.json),
+    """Per dataset and model of `study`: mean, SD and per-seed values of each `NOTE_KEYS` score (probes, metrics),
     and the paired change from canonical to held-out phrasings (`paraphrase_change`), in points."""
     root = Path(root or project_root())
     runs = [r for r in study_runs(root, study) if (r['dir'] / 'probes.json').exists()]
@@ -258,8 +258,9 @@ def notes_summary(p: Params, root=None, study: str = 'notes') -> dict | None:
     for ds in out.values():
         for row in ds.values():
             for k in list(row):
-                if k != 'seeds': row[k] = {'mean': float(np.mean(row[k])), 'sd': float(np.std(row[k], ddof=1)) if len(row[k]) > 1
-                                            else None, 'values': row[k]}
+                if k == 'seeds': continue
+                v = row[k]
+                row[k] = {'mean': float(np.mean(v)), 'sd': float(np.std(v, ddof=1)) if len(v) > 1 else None, 'values': v}
     return out
 
 def notes_table(d: dict) -> str:
@@ -268,8 +269,8 @@ def notes_table(d: dict) -> str:
     parts = []
     for ds, models in d.items():
         ms = list(models)
-        lines = [f'{ds}:', '', '| score | ' + ' | '.join(f"{m} (seeds {', '.join(map(str, models[m]['seeds']))})" for m in ms)
-                 + ' |', '|' + '---|' * (len(ms) + 1)]
+        head = ' | '.join(f"{m} (seeds {', '.join(map(str, models[m]['seeds']))})" for m in ms)
+        lines = [f'{ds}:', '', f'| score | {head} |', '|' + '---|' * (len(ms) + 1)]
         for k, label in NOTE_KEYS + (('paraphrase_change', 'change, canonical -> held-out phrasings (paired)'),):
             lines.append(f'| {label} | ' + ' | '.join(f(models[m].get(k)) for m in ms) + ' |')
         parts.append('\n'.join(lines))

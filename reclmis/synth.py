@@ -201,10 +201,11 @@ def _layout(rng, min_lesions, max_lesions, p_distractor, p_crossed):
 
 # %% ../nbs/02_synth.ipynb #99221e84
 def lungs_for(sides: str = 'image') -> np.ndarray:
-    """The nominal lung geometry with row 0 = the lung the notes call 'left': the image's left lung under `sides='image'`
+    """The nominal lung geometry with row 0 = the lung the notes call 'left': the image's left lung under 'image'
     (QaTa-COV19's convention), the patient's left (the image's right) under 'radiological'. The anatomy (heart on
     the image's right) is the same under both; only which lung is called 'left' changes."""
-    if sides not in ('image', 'radiological'): raise ValueError(f"sides must be 'image' or 'radiological', got {sides!r}")
+    if sides not in ('image', 'radiological'):
+        raise ValueError(f"sides must be 'image' or 'radiological', got {sides!r}")
     return (LUNGS[::-1] if sides == 'image' else LUNGS).copy()
 
 def _make_one(rng, size, min_lesions, max_lesions, p_distractor, p_crossed, noise, jitter, sides='image'):

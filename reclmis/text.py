@@ -258,7 +258,8 @@ class TextBank:
         "How the notes fit `token_len`: share truncated, mean valid tokens, and the encoder meta."
         n_tok = self.meta.get('n_tokens_full', [])
         trunc = [t > self.token_len for t in n_tok]
-        return {**{k: v for k, v in self.meta.items() if k not in ('n_tokens_full', 'unknown_share', 'standardize', 'paraphrases', 'heldout', 'text_params')},
+        skip = ('n_tokens_full', 'unknown_share', 'standardize', 'paraphrases', 'heldout', 'text_params')
+        return {**{k: v for k, v in self.meta.items() if k not in skip},
                 'standardized': 'standardize' in self.meta, 'unique_notes': len(self), 'dim': self.dim,
                 'token_len': self.token_len, 'mean_valid_tokens': float(self.mask.sum(1).float().mean()) if len(self) else 0.0,
                 'truncated_share': float(sum(trunc) / len(trunc)) if trunc else 0.0,
@@ -364,7 +365,7 @@ def encode_bank(notes: dict, t, encoder: TextEncoder, seed: int = 0, device='cpu
 
 # %% ../nbs/11_text.ipynb #7e386586
 def cut_tail(encoder: TextEncoder, text: str, token_len: int) -> str:
-    "The part of the (pre-processed) `text` beyond `token_len` tokens ('' when it fits; CLIP: the number of tokens cut)."
+    "The part of the (pre-processed) `text` beyond `token_len` tokens ('' if it fits; CLIP: the number of tokens cut)."
     tok = getattr(encoder, 'tokenizer', None)
     if tok is None:
         n = note_lengths(encoder, [text])[0]
