@@ -47,7 +47,8 @@ def readme_results(root=None) -> str:
                 f"{len(t)} runs, training {sum(t):.0f} s in all; {_test_set(S / 'compare', ds)})",
                 '', comparison_table(S / 'compare', ds), '', pairs_table(d), '']
     for st, what in (('uptake', 'Text uptake over seeds'), ('augment', 'Augmentation recipes'),
-                     ('ablate', 'Component ablation over seeds (paper Table 2)')):
+                     ('ablate', 'Component ablation over seeds (paper Table 2)'),
+                     ('notes', "The note's wording: phrasings, token budget, sides (mean ± SD over seeds, points)")):
         cmd = f'`dvc repro studies/dvc.yaml:summary-{st}`'
         if not summ.get(st): out += [f'**{what}** (study `{st}`): not run yet: {cmd}.', '']; continue
         t = [x for ds in {r['dataset'] for r in study_runs(root, st)} for x in _train_s(S / st, ds)]
