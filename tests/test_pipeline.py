@@ -16,7 +16,8 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
                     'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407],
                                 'threads': 2},
                     'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [1, 2],
-                               'threads': 2}}}
+                               'threads': 2},
+                    'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 2}}}
 ENV = {}
 
 def _merge(a, b):
@@ -79,12 +80,14 @@ def test_every_module_edit_reaches_the_stages_that_run_it(clone):
 def test_study_pipeline(clone):
     "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
     run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment '
-        'studies/dvc.yaml:summary-ablate', clone, env=ENV)    # every study and its summary (not the 8-min benchmark)
+        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes', clone, env=ENV)    # every study and its summary (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('uptake', 'synth', 'unet', 2),
                                 ('augment', 'synth', 'reclmis-aug-notesafe', 3407)):
         r = base / st / ds / model / f's{seed}'
         assert (r / 'metrics.json').exists() and (r / 'evaluate.ipynb').exists(), r
+    notes = json.loads((base / 'summary-notes.json').read_text())['summary']['synth']['reclmis-canonical']
+    assert notes['seeds'] == [3407] and 'text_paraphrase_dice_a' in notes, notes   # its own 18-token bank, probed
     t = json.loads((base / 'uptake/synth/unet/s2/train.json').read_text())
     assert t['seed'] == 2 and t['machines'][0]['torch_threads'] == 1         # the study's seed and thread count
     aug = json.loads((base / 'augment/synth/reclmis-aug-notesafe/s3407/train.json').read_text())
