@@ -133,15 +133,18 @@ def data_table(results_dir='results') -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/09_report.ipynb #a3c5be07
+def _probes(results_dir):
+    "(dataset, model, seed, probes.json as a dict) of every run under `results_dir` that has been probed."
+    for ds, model, seed, d in _runs(results_dir):
+        if (d / 'probes.json').exists(): yield ds, model, seed, json.loads((d / 'probes.json').read_text())
+
 def probes_table(results_dir='results') -> str:
     """Per run with a `probes.json` (the `probe` stage): Dice A with the interval that resamples the independent unit,
     HD95 / ASSD, and the text-use probes (null note, shuffled note, left/right swapped note)."""
     f = lambda x: '-' if x is None else f'{100 * x:.2f}'
     lines = ['| dataset | model | seed | Dice A (95% CI over units) | unit (n) | HD95 / ASSD, px (undefined) | null note | '
              'shuffled note | L/R swapped (n): original -> swapped |', '|' + '---|' * 9]
-    for ds, model, seed, d in _runs(results_dir):
-        if not (d / 'probes.json').exists(): continue
-        r = json.loads((d / 'probes.json').read_text())
+    for ds, model, seed, r in _probes(results_dir):
         bd = f"{r['hd95']:.2f} / {r['assd']:.2f} ({r['hd95_undefined']})" if r.get('hd95') is not None else '-'
         sw = (f"({r['text_swap_n']}) {f(r['text_swap_orig_dice_a'])} -> {f(r['text_swap_dice_a'])}" if 'text_swap_dice_a' in r else '-')
         lines.append(f"| {ds} | {model} | {seed} | {f(r['dice_a'])} ({f(r['dice_a_cluster_ci_low'])}-{f(r['dice_a_cluster_ci_high'])}) | "
@@ -303,9 +306,7 @@ def wording_table(results_dir='results') -> str:
     f = lambda x: '-' if x is None else f'{100 * x:.2f}'
     lines = ['| dataset | model | seed | images | canonical notes | held-out phrasings | change | one-lung notes (n) | '
              'foreground in the named half: as written | sides swapped |', '|' + '---|' * 10]
-    for ds, model, seed, d in _runs(results_dir):
-        if not (d / 'probes.json').exists(): continue
-        r = json.loads((d / 'probes.json').read_text())
+    for ds, model, seed, r in _probes(results_dir):
         if 'text_paraphrase_dice_a' not in r: continue
         ch = 100 * (r['text_paraphrase_dice_a'] - r['text_paraphrase_canonical_dice_a'])
         sh = (f"{r['text_swap_unilateral_n']} | {f(r.get('text_swap_share_named_orig'))} | "
