@@ -5,7 +5,9 @@
 # %% ../nbs/10_cli.ipynb #93d08307
 from __future__ import annotations
 import argparse, json, os, sys
-from .core import load_params, project_root
+from pathlib import Path
+from .core import project_root
+from .params import load_params
 
 # %% auto #0
 __all__ = ['main']
@@ -52,12 +54,26 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser('bench-ddp', help='training images/s at 1 and 2 processes (torchrun, gloo on CPU); '
                        'writes results/ddp-cpu.json')
     s.add_argument('--out', default='results/ddp-cpu.json'); s.add_argument('--threads', type=int, default=1)
+    s = sub.add_parser('params', help="check params.yaml against the knobs' declarations (reclmis.params); "
+                       '--sync rewrites its generated comments')
+    s.add_argument('--sync', action='store_true', help='rewrite the comments of the declared knobs in place')
     s = sub.add_parser('studies', help='summaries of the study pipeline\'s runs (results/studies/*.json), as tables')
     s.add_argument('--out', default='results/studies')
     return ap
 
+def _params_cmd(a) -> int:
+    "`reclmis params [--sync]`: list what disagrees with the declarations; with --sync, regenerate the comments first."
+    from reclmis.params import sync_params_yaml, params_drift
+    from reclmis.safeio import write_text
+    path = Path(a.params) if a.params else project_root() / 'params.yaml'
+    if a.sync: write_text(path, sync_params_yaml(path.read_text()))
+    drift = params_drift(path)
+    print('\n'.join(drift) or f'{path}: every declared knob as shipped, comments as generated')
+    return 1 if drift else 0
+
 def _main(argv=None):
     a = _parser().parse_args(argv)
+    if a.cmd == 'params': return _params_cmd(a)
     if a.cmd == 'studies':
         from reclmis.study import write_summaries
         for path, table in write_summaries(load_params(a.params), a.out).items(): print(f'{path}\n{table}\n')
@@ -66,8 +82,9 @@ def _main(argv=None):
         from reclmis.distributed import throughput
         print(json.dumps(throughput(a.out, threads=a.threads)['rows'], indent=1)); return 0
     if a.cmd == 'bench':
-        from reclmis.bench import run_bench, bench_table, speedup_table, BENCH_MODELS
-        out = run_bench(a.device, tuple(a.models or BENCH_MODELS), a.out, a.quick, speedups=not a.no_speedups)
+        from reclmis.bench import run_bench, bench_table, speedup_table
+        from reclmis.params import MODELS
+        out = run_bench(a.device, tuple(a.models or MODELS), a.out, a.quick, speedups=not a.no_speedups)
         print(bench_table(out)); print(speedup_table(out)); print(out); return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
@@ -78,7 +95,7 @@ def _main(argv=None):
     if a.cmd == 'docs':
         from reclmis.docs import build_site
         print(build_site(out=a.out, proc=False, extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'})); return 0
-    p = load_params(a.params)   # unknown dataset names are refused by the stage functions (core.resolve)
+    p = load_params(a.params)   # unknown dataset names are refused by the stage functions (params.resolve)
     data = '' if a.studies or a.study else None
     if a.cmd == 'fetch': df = pl.fetch_stage(a.dataset, p, study=data); print(df.groupby('split').size().to_string())
     elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p, study=data), indent=1))

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 import os
-from .core import (Params, ParamsError, DataError, CheckpointError, load_params, resolve, dataset_params,
-                          project_root, seed_everything, get_device, fingerprint, MODELS, save_figure, base_model)
+from .core import ParamsError, DataError, CheckpointError, project_root, seed_everything, get_device
+from .params import Params, load_params, resolve, dataset_params, fingerprint, run_identity, MODELS, base_model
+from .registry import TEXT_MODELS, reads_note, build_model, model_loss, model_spec, model_from_spec
+from .figures import save_figure, plot_overlays, plot_counterfactual, plot_curves
 from .safeio import RunLock, atomic_write, write_json, write_text
 from .distributed import launched, world, init_distributed, rank0_lock, shutdown, backend
 from .graph import code_hash
@@ -20,10 +22,9 @@ from .dataset import make_split, save_split, load_split, batches, get_batch, Spl
 from .data import sha256_file, subset
 
 # %% auto #0
-__all__ = ['SPLITS', 'TEXT_MODELS', 'run_name', 'paths', 'fetch_stage', 'prepare_stage', 'counterfactual_split', 'encode_stage',
-           'build_model', 'model_spec', 'model_from_spec', 'run_bank', 'train_stage', 'load_checkpoint_model',
-           'load_best', 'predict_split', 'side_swap_split', 'counterfactual_eval', 'panel_indices', 'compute_profile',
-           'evaluate_stage', 'plot_overlays', 'plot_counterfactual', 'plot_curves']
+__all__ = ['SPLITS', 'run_name', 'paths', 'fetch_stage', 'prepare_stage', 'counterfactual_split', 'encode_stage', 'run_bank',
+           'train_stage', 'load_checkpoint_model', 'load_best', 'predict_split', 'side_swap_split',
+           'counterfactual_eval', 'panel_indices', 'compute_profile', 'evaluate_stage']
 
 # %% ../nbs/08_pipeline.ipynb #285f2a1e
 def run_name(dataset: str, model: str, seed: int, study: str | None = None) -> str:
@@ -65,7 +66,7 @@ def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) ->
         if pa['raw'].exists(): shutil.rmtree(pa['raw'])
         for split in SPLITS:
             n = getattr(sp, f'n_{split}')
-            s = make_synth(n, sp.size, sp.seed + _SYNTH_SEED_OFFSET[split], sp.min_lesions, sp.max_lesions,
+            s = make_synth(n, ds.img_size, sp.seed + _SYNTH_SEED_OFFSET[split], sp.min_lesions, sp.max_lesions,
                            sp.p_distractor, sp.p_crossed, sp.noise, sides=sp.sides)
             write_synth(s, pa['raw'] / split)
             for i in range(n):
@@ -110,7 +111,8 @@ def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) 
             keep = [int(Path(f).stem) for f in part.image]
             s = s.subset(keep)
             if ds.img_size != s.images.shape[-1]:
-                raise ParamsError(f"datasets.{dataset}.img_size ({ds.img_size}) must equal synth.size ({s.images.shape[-1]})")
+                raise DataError(f"{pa['raw']} holds {s.images.shape[-1]} px images, datasets.{dataset}.img_size is "
+                                f"{ds.img_size}: generate them again (dvc repro fetch@{dataset})")
             sp = make_split(s.images[:, None].repeat(ds.channels, 1), s.masks, s.notes, [Path(f).name for f in part.image],
                             zonemaps=s.zonemaps, lesion_bits=np.array([_bits(z) for z in s.lesion_zones]),
                             described_bits=np.array([_bits(z) for z in s.described]))
@@ -193,41 +195,6 @@ def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, stud
     write_json(pa['text_json'], st)
     return st
 
-# %% ../nbs/08_pipeline.ipynb #a8e4ef41
-TEXT_MODELS = ('reclmis', 'lvit', 'tmca')   # models that read the note
-
-def build_model(name: str, p: Params, in_ch: int, img_size: int = 64, text_dim: int = 384, aux: bool = True):
-    "The model called `name` (one of MODELS) configured from params; `aux=False` builds only the inference path."
-    if name == 'unet':
-        from reclmis.unet import UNet
-        u = p.model.unet
-        return UNet(in_ch, 1, u.width, u.depth, u.up_mode, u.skip_first)
-    if name == 'reclmis':
-        from reclmis.reclmis import RecLMIS
-        return RecLMIS(in_ch, img_size, text_dim, **asdict(p.model.reclmis), aux=aux)
-    if name == 'lvit':
-        from reclmis.lvit import LViT
-        return LViT(in_ch, img_size, text_dim, **asdict(p.model.lvit))
-    if name == 'tmca':
-        from reclmis.tmca import TMCA
-        return TMCA(in_ch, img_size, text_dim, **asdict(p.model.tmca), aux=aux)
-    raise ParamsError(f"unknown model '{name}'; known models: {', '.join(MODELS)}")
-
-def model_spec(name: str, q: Params, dataset: str, in_ch: int, text_dim: int, text_meta: dict | None = None) -> dict:
-    """How to rebuild model `name` trained on `dataset`: constructor inputs, model params, text-encoder params (and the
-    text bank's feature standardisation, if any), image size."""
-    ds = q.datasets[dataset]
-    return {'model': name, 'dataset': dataset, 'in_ch': in_ch, 'img_size': ds.img_size, 'channels': ds.channels,
-            'text_dim': text_dim, 'params': asdict(getattr(q.model, name)) if hasattr(q.model, name) else {},
-            'text': asdict(q.text) if name in TEXT_MODELS else None, 'threshold': q.evaluate.threshold,
-            'text_meta': {'standardize': (text_meta or {}).get('standardize')} if name in TEXT_MODELS else None}
-
-def model_from_spec(spec: dict, aux: bool = False):
-    "Rebuild a model from a checkpoint's spec (inference path only unless `aux`)."
-    from reclmis.core import from_dict, ModelParams
-    mp = from_dict(ModelParams, {spec['model']: spec['params']} if spec['params'] else {})
-    return build_model(spec['model'], Params(model=mp), spec['in_ch'], spec['img_size'], spec['text_dim'], aux)
-
 # %% ../nbs/08_pipeline.ipynb #086fa459
 def run_bank(q: Params, model: str, pa: dict):
     """The text bank a run of `model` reads (None for a text-free model): the dataset's (stage encode), or, when the
@@ -303,15 +270,14 @@ def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     tr, bank = _with_text(base, tr, pa, q=q); va, _ = _with_text(base, va, pa, bank)
     tr, n_para = _note_augment(tr, bank, q, dataset)
     in_ch, text_dim = tr.images.shape[1], bank.dim if bank else 0
-    net = build_model(base, q, in_ch, q.datasets[dataset].img_size, text_dim)
+    net = build_model(base, getattr(q.model, base), in_ch, q.datasets[dataset].img_size, text_dim)
     spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model, 'seed': seed}
     if bank is not None: spec['text']['token_len'] = bank.token_len        # 'auto' resolved: what predict must use
-    fp = fingerprint({'train': q.train, 'model': getattr(q.model, base, None), 'data': q.datasets[dataset], 'synth': q.synth,
-                      'seed': seed, 'model_name': base, 'n_train': len(tr), 'code': code_hash(),
-                      'text': asdict(q.text) if base in TEXT_MODELS else None, **({'world_size': W} if W > 1 else {})})
+    fp = fingerprint(run_identity(q, dataset, base, seed, n_train=len(tr), code=code_hash(),
+                                  text=asdict(q.text) if reads_note(base) else None, **({'world_size': W} if W > 1 else {})))
     t0 = time.time()
-    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=seed, live_dir=pa['live'] if q.run.live else None,
-             run_fingerprint=fp, progress=progress, meta=spec)
+    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=seed, seg=model_loss(base, getattr(q.model, base)),
+             live_dir=pa['live'] if q.run.live else None, run_fingerprint=fp, progress=progress, meta=spec)
     counts = net.n_params() if hasattr(net, 'n_params') else {'total': n_params(net), 'inference': n_params(net), 'aux': 0}
     out = {'dataset': dataset, 'model': model, 'base_model': base, 'seed': seed, 'study': study, 'device': device.type,
            'params': counts['total'], 'params_inference': counts['inference'],
@@ -348,7 +314,8 @@ def load_checkpoint_model(path, model: str | None = None, p: Params | None = Non
                                   "again (dvc repro -f train@...; the old checkpoints are kept in ckpt/superseded)")
     spec = ck.get('spec') or {}
     if p is not None:
-        net = build_model(model, p, in_ch, p.datasets[dataset].img_size if dataset in p.datasets else 64, text_dim, aux)
+        net = build_model(model, getattr(p.model, model), in_ch,
+                          p.datasets[dataset].img_size if dataset in p.datasets else 64, text_dim, aux)
     else:
         if not spec: raise DataError(f"{path} has no model spec (made by an older reclmis?); pass the params it was trained with")
         net = model_from_spec(spec, aux); model = spec['model']
@@ -433,7 +400,7 @@ def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_di
     was = next(net.parameters()).device
     net = net.to(cpu).eval()
     out = {'macs_run': count_macs(net, *inputs(S, C))}
-    big = build_model(model, q, C, 224, text_dim, aux=False)
+    big = build_model(model, getattr(q.model, model), C, 224, text_dim, aux=False)
     out['macs_224'] = count_macs(big, *inputs(224, C))
     threads = torch.get_num_threads()
     x = inputs(S, C)
@@ -493,69 +460,12 @@ def _score(dataset, model, q, base, seed, pa) -> dict:
         img = torch.nn.functional.interpolate(img, size=target.shape[-2:], mode='bilinear', align_corners=False)
     panel = dict(names=np.array([te.names[i] for i in pick]), notes=np.array([te.notes[int(te.note_idx[i])] for i in pick]),
                         image=img[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), target=target[pick].numpy(),
-                        prob=(prob[pick].numpy() * 255).round().astype(np.uint8))
+                        prob=(prob[pick].numpy() * 255).round().astype(np.uint8), threshold=np.float32(q.evaluate.threshold))
     df = acc.per_image(); df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
     write_json(pa['metrics'], m)
     atomic_write(pa['panel'], lambda t: _savez(t, panel))
     atomic_write(pa['per_image'], lambda t: df.to_csv(t, index=False))
-    plot_overlays(te, prob, df.dice_a.to_numpy(), q.evaluate.n_overlays, pa['overlays'], title=f'{model} on {dataset} test')
+    plot_overlays(te, prob, df.dice_a.to_numpy(), q.evaluate.n_overlays, pa['overlays'], f'{model} on {dataset} test',
+                  q.evaluate.threshold)
     if pa['train_json'].exists(): plot_curves(json.loads(pa['train_json'].read_text())['history'], pa['curves'], f'{model} on {dataset}')
     return m
-
-# %% ../nbs/08_pipeline.ipynb #59ec5b1f
-def plot_overlays(split: Split, prob: torch.Tensor, dice: np.ndarray, n: int, path, title: str = '', threshold: float = 0.5):
-    "Save a grid of `n` test images with note, ground-truth contour, predicted mask and Dice."
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-    n = min(n, len(split)); order = np.argsort(-dice); pick = order[np.linspace(0, len(order) - 1, n).round().astype(int)]
-    cols = min(4, n); rows = int(np.ceil(n / cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.9 * rows), squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    target = split.extra.get('masks_eval', split.masks)
-    for ax, i in zip(axs.flat, pick):
-        img = split.images[i].float().mean(0).numpy()
-        S = target.shape[-1]
-        if img.shape[-1] != S:
-            img = torch.nn.functional.interpolate(torch.tensor(img)[None, None], size=(S, S), mode='bilinear')[0, 0].numpy()
-        ax.imshow(img, cmap='gray', vmin=0, vmax=255)
-        pr = (prob[i].numpy() > threshold)
-        ax.imshow(np.ma.masked_where(~pr, pr), cmap='autumn', alpha=0.45, vmin=0, vmax=1)
-        if target[i].any(): ax.contour(target[i].numpy(), levels=[0.5], colors='lime', linewidths=1.2)
-        note = split.notes[int(split.note_idx[i])]
-        ax.set_title('\n'.join(textwrap.wrap(note, 34)[:4]) + f'\nDice {dice[i]:.2f}', fontsize=7)
-    fig.suptitle(f'{title}  (green contour: ground truth, yellow fill: prediction)', fontsize=9)
-    fig.tight_layout(); save_figure(fig, path); plt.close(fig)
-
-def plot_counterfactual(te: Split, prob: torch.Tensor, cf: Split, pcf: torch.Tensor, n: int, path, title: str = '',
-                        threshold: float = 0.5, known: bool = True):
-    "For `n` counterfactual images: the prediction with the original note (top) and with the counterfactual note (bottom)."
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-    n = min(n, len(cf)); pick = np.linspace(0, len(cf) - 1, n).round().astype(int) if n else []
-    pos = {name: i for i, name in enumerate(te.names)}
-    fig, axs = plt.subplots(2, max(n, 1), figsize=(2.6 * max(n, 1), 6.8), squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    orig = cf.extra['masks_orig']; S = orig.shape[-1]
-    for c, j in enumerate(pick):
-        i = pos[cf.names[j]]
-        img = cf.images[j].float().mean(0)
-        if img.shape[-1] != S: img = torch.nn.functional.interpolate(img[None, None], size=(S, S), mode='bilinear')[0, 0]
-        rows = ((te.notes[int(te.note_idx[i])], prob[i], orig[j]), (cf.notes[int(cf.note_idx[j])], pcf[j], cf.masks[j] if known else None))
-        for r, (note, pr, tg) in enumerate(rows):
-            ax = axs[r, c]
-            ax.imshow(img.numpy(), cmap='gray', vmin=0, vmax=255)
-            pb = pr.numpy() > threshold
-            ax.imshow(np.ma.masked_where(~pb, pb), cmap='autumn', alpha=0.45, vmin=0, vmax=1)
-            if tg is not None and tg.any(): ax.contour(tg.numpy(), levels=[0.5], colors='lime', linewidths=1.0)
-            ax.set_title(('original:\n' if r == 0 else 'counterfactual:\n') + '\n'.join(textwrap.wrap(note.split(', ')[-1], 30)[:3]), fontsize=7)
-    how = 'a note naming only the undescribed opacities' if known else "the note with 'left' and 'right' swapped (no target exists)"
-    fig.suptitle(f'{title}\n(top: the test note; bottom: {how}; green: target, yellow: prediction)', fontsize=8)
-    fig.tight_layout(); save_figure(fig, path); plt.close(fig)
-
-def plot_curves(history: list[dict], path, title: str = ''):
-    "Training loss and validation Dice per epoch."
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-    ep = [h['epoch'] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for k in [k for k in history[0] if k.startswith('train_')]: a.plot(ep, [h[k] for h in history], label=k[6:])
-    a.set_xlabel('epoch'); a.set_title('training losses'); a.legend(fontsize=7); a.set_yscale('log')
-    b.plot(ep, [h['val_dice'] for h in history], 'o-'); b.set_xlabel('epoch'); b.set_title('validation Dice (official, hard)')
-    fig.suptitle(title, fontsize=9); fig.tight_layout(); save_figure(fig, path); plt.close(fig)

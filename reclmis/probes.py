@@ -8,7 +8,8 @@ import json, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
-from .core import Params, project_root, resolve, base_model, get_device
+from .core import project_root, get_device
+from .params import Params, resolve, base_model
 from .study import unit_of
 from .safeio import RunLock, write_json
 

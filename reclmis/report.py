@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-from .core import save_figure
+from .figures import save_figure, draw_overlay
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'run_page', 'runs_table', 'results_table', 'text_gap_table',
@@ -268,19 +268,17 @@ def plot_panel(results_dir='results', dataset='synth', path=None):
     ref = panels[models[0]]; n = len(ref['names'])
     fig, axs = plt.subplots(n, 2 + len(models), figsize=(2.3 * (2 + len(models)), 2.5 * n), squeeze=False)
     for r in range(n):
-        img = ref['image'][r]
-        axs[r, 0].imshow(img, cmap='gray'); axs[r, 0].set_title('\n'.join(textwrap.wrap(str(ref['notes'][r]), 30)[:4]), fontsize=6)
-        axs[r, 1].imshow(img, cmap='gray'); axs[r, 1].imshow(np.ma.masked_where(ref['target'][r] == 0, ref['target'][r]), cmap='summer', alpha=.6)
-        if r == 0: axs[r, 1].set_title('ground truth\n', fontsize=8)
+        img, tg = ref['image'][r], ref['target'][r]
+        draw_overlay(axs[r, 0], img, title='\n'.join(textwrap.wrap(str(ref['notes'][r]), 30)[:4]), fontsize=6)
+        draw_overlay(axs[r, 1], img, target=tg, title='ground truth\n' if r == 0 else '', fontsize=8)
         for c, k in enumerate(models):
             pz = panels[k]; j = list(pz['names']).index(ref['names'][r]) if ref['names'][r] in list(pz['names']) else None
-            ax = axs[r, 2 + c]; ax.imshow(img, cmap='gray')
+            thr = float(pz['threshold']) if 'threshold' in pz.files else 0.5
+            draw_overlay(axs[r, 2 + c], img, pz['prob'][j] if j is not None else None, tg, thr,
+                         MODEL_NAMES.get(k, k).split(' (')[0] + '\n' if r == 0 else '', fontsize=8)
             if j is not None:
-                pr = pz['prob'][j] > 127
-                ax.imshow(np.ma.masked_where(~pr, pr), cmap='autumn', alpha=.5, vmin=0, vmax=1)
-                t = ref['target'][r].astype(bool); d = 2 * (pr & t).sum() / (pr.sum() + t.sum() + 1e-5)
-                ax.set_xlabel(f'Dice {d:.2f}', fontsize=7)
-            if r == 0: ax.set_title(MODEL_NAMES.get(k, k).split(' (')[0] + '\n', fontsize=8)
+                pr, t = pz['prob'][j] > thr * 255, tg.astype(bool)
+                axs[r, 2 + c].set_xlabel(f'Dice {2 * (pr & t).sum() / (pr.sum() + t.sum() + 1e-5):.2f}', fontsize=7)
     for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
     if path: save_figure(fig, path, dpi=100); plt.close(fig); return Path(path)

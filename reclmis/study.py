@@ -7,7 +7,8 @@ from __future__ import annotations
 import json, re, time
 from pathlib import Path
 import numpy as np
-from .core import Params, project_root
+from .core import project_root
+from .params import Params
 from .safeio import write_json
 
 # %% auto #0
@@ -78,7 +79,7 @@ def uptake_table(d: dict) -> str:
 # %% ../nbs/22_study.ipynb #05b7d05c
 def augment_summary(p: Params, root=None, study: str = 'augment', reference: tuple = ('compare', 'reclmis')) -> dict | None:
     "One row per recipe: the study's variants and the `reference` (study, model) run trained with the configured recipe."
-    from reclmis.core import resolve
+    from reclmis.params import resolve
     root = Path(root or project_root()); runs = study_runs(root, study)
     if not runs: return None
     ds, seed = runs[0]['dataset'], runs[0]['seed']

@@ -169,7 +169,7 @@ CASES = [
     P('patience-zero', _set('train.patience', 0), ["'train.patience'"]),
     P('exp-gamma', _set('train.exp_gamma', 1.5), ["'train.exp_gamma'", '(0, 1]']),
     P('max-minutes', _set('train.max_minutes', -1.0), ["'train.max_minutes'"]),
-    P('no-seg-loss', _set('train.seg_weight', 0.0), ["'train.seg_weight'", 'no segmentation loss']),
+    P('no-seg-loss', _set('model.reclmis.seg_weight', 0.0), ["'model.reclmis.seg_weight'", 'no segmentation loss']),
     P('img-size-zero', _set('datasets.synth.img_size', 0), ["'datasets.synth.img_size' is 0"]),
     P('channels-2', _set('datasets.synth.channels', 2), ["'datasets.synth.channels' is 2", '{1, 3}']),
     P('limit-negative', _set('datasets.synth.limit_train', -5), ["'datasets.synth.limit_train'"]),

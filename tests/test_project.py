@@ -3,7 +3,7 @@ import json, shutil, subprocess, filecmp, typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 import yaml
-from reclmis.core import Params, load_params
+from reclmis.params import Params, load_params
 from conftest import run
 
 def test_stage_notebooks_have_parameters_cell(root):
@@ -42,6 +42,19 @@ def test_params_yaml_names_every_knob(root):
     assert p.run.datasets == ['synth'] and 'qata' in p.datasets
     assert p.fetch.source == 'upstream', 'a user has no offline mirror: the default is the public download'
     assert {'compare', 'uptake', 'augment'} <= set(p.studies) and 'reclmis-official-ci' in p.variants
+
+def test_params_and_deviations_follow_the_declarations(root):
+    """params.yaml's values and generated comments, the Deviations page's knob table and the model classes' defaults
+    all agree with the knobs' declarations in reclmis.params (one declaration, no drift)."""
+    import json
+    from reclmis.params import params_drift, deviation_table
+    from reclmis.registry import official_drift
+    assert params_drift(root / 'params.yaml') == []
+    assert official_drift() == []
+    nb = json.loads((root / 'nbs' / 'deviations.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if 'deviation_table()' in ''.join(c['source']))
+    shown = ''.join(cell['outputs'][0]['data']['text/markdown'])
+    assert shown == deviation_table(), 'the Deviations page shows a stale knob table: run python scripts/devtable.py'
 
 def test_stage_deps_cover_the_code_they_run(root):
     "Every stage of both pipelines lists, as deps, every project file its command runs (from the import graph)."

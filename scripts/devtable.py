@@ -1,0 +1,9 @@
+"""Store reclmis.params.deviation_table() as the output of nbs/deviations.ipynb's generated cell (run from the root)."""
+import json
+from reclmis.params import deviation_table
+p = 'nbs/deviations.ipynb'
+nb = json.load(open(p))
+c = next(c for c in nb['cells'] if 'deviation_table()' in ''.join(c['source']))
+c['outputs'] = [{'output_type': 'execute_result', 'execution_count': None, 'metadata': {},
+                 'data': {'text/markdown': deviation_table().splitlines(True), 'text/plain': ['<IPython.core.display.Markdown object>']}}]
+json.dump(nb, open(p, 'w'), indent=1, ensure_ascii=False); open(p, 'a').write('\n')
