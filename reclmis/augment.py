@@ -42,14 +42,16 @@ def gaussian_filter_last(x: torch.Tensor, sigma, truncate: float = 4.0, radius: 
     return (xp.unfold(-1, 2 * R + 1, 1) * w[..., None, :]).sum(-1)
 
 # %% ../nbs/13_augment.ipynb #c19c0a5f
-def blur_rows(x: torch.Tensor, sigma_w: torch.Tensor, sigma_c: torch.Tensor, rows: torch.Tensor, radius: int = 4) -> torch.Tensor:
+def blur_rows(x: torch.Tensor, sigma_w: torch.Tensor, sigma_c: torch.Tensor, rows: torch.Tensor,
+              radius: int = 4) -> torch.Tensor:
     """The official row-wise blur. x float [B,C,H,W]; sigma_w, sigma_c [B,H] (per row); rows bool [B,H] (rows to blur).
     Each selected row's (W x C) slice is filtered along W with sigma_w and along C with sigma_c (scipy 'reflect')."""
     y = gaussian_filter_last(x, sigma_w[:, None], radius=radius)                           # along W
     y = gaussian_filter_last(y.movedim(1, -1), sigma_c[:, :, None], radius=radius).movedim(-1, 1)   # along C
     return torch.where(rows[:, None, :, None], y, x)
 
-def blur_2d(x: torch.Tensor, sigma_h: torch.Tensor, sigma_w: torch.Tensor, chans: torch.Tensor, radius: int = 4) -> torch.Tensor:
+def blur_2d(x: torch.Tensor, sigma_h: torch.Tensor, sigma_w: torch.Tensor, chans: torch.Tensor,
+            radius: int = 4) -> torch.Tensor:
     """The intended per-channel 2-D blur. x float [B,C,H,W]; sigma_h, sigma_w [B,C]; chans bool [B,C] (channels to blur)."""
     y = gaussian_filter_last(x, sigma_w[:, :, None], radius=radius)
     y = gaussian_filter_last(y.transpose(-1, -2), sigma_h[:, :, None], radius=radius).transpose(-1, -2)
@@ -60,19 +62,24 @@ def random_blur(x: torch.Tensor, generator: torch.Generator | None = None, p: fl
     """Blur each sample with probability `p` (official `BioMedicalGaussianBlur(prob=0.5)`): rowwise (official quirk)
     each row with probability `p_line`, else each channel in 2-D with probability `p_line`; sigmas ~ U(sigma_range)
     per line and axis. x float [B,C,H,W] on the 0..255 scale; returns the same shape (not yet truncated)."""
-    B, C, H, W = x.shape; dev = x.device
-    lo, hi = sigma_range; R = int(truncate * hi + 0.5)
+    B, C, H, W = x.shape
+    dev = x.device
+    lo, hi = sigma_range
+    R = int(truncate * hi + 0.5)
     on = _draw(generator, dev, B) < p
     n = H if rowwise else C
     sel = (_draw(generator, dev, B, n) < p_line) & on[:, None]
-    s1 = lo + (hi - lo) * _draw(generator, dev, B, n); s2 = lo + (hi - lo) * _draw(generator, dev, B, n)
+    s1 = lo + (hi - lo) * _draw(generator, dev, B, n)
+    s2 = lo + (hi - lo) * _draw(generator, dev, B, n)
     return blur_rows(x, s1, s2, sel, R) if rowwise else blur_2d(x, s1, s2, sel, R)
 
 # %% ../nbs/13_augment.ipynb #ab73816c
 def bgr_to_hsv(x: torch.Tensor) -> torch.Tensor:
     "BGR [B,3,H,W] on the 0..255 scale -> HSV in OpenCV's 8-bit convention (H in [0,180), S, V in [0,255]), rounded."
     b, g, r = x.unbind(1)
-    v = x.amax(1); d = v - x.amin(1); dz = d.clamp_min(1e-6)
+    v = x.amax(1)
+    d = v - x.amin(1)
+    dz = d.clamp_min(1e-6)
     s = torch.where(v > 0, d * 255 / v.clamp_min(1e-6), torch.zeros_like(v))
     h = torch.where(v == r, 60 * (g - b) / dz, torch.where(v == g, 120 + 60 * (b - r) / dz, 240 + 60 * (r - g) / dz))
     h = torch.where(d > 0, h, torch.zeros_like(h)) % 360
@@ -89,7 +96,8 @@ def photometric(x: torch.Tensor, generator: torch.Generator | None = None, brigh
     """mmseg's PhotoMetricDistortion on a batch of BGR (or grey, one channel) images on the 0..255 scale: brightness
     + U(-b, b); contrast x U(contrast) first or last (coin flip); saturation x U(saturation); hue + randint(-hue, hue)
     mod 180; each with p = 0.5 per sample, each truncated to integers in [0, 255]."""
-    B = x.shape[0]; dev = x.device
+    B = x.shape[0]
+    dev = x.device
     col = lambda t: t.view(B, 1, 1, 1)
     q = lambda t: t.clamp(0, 255).floor()
     coin = lambda: _draw(generator, dev, B) < 0.5
@@ -101,9 +109,11 @@ def photometric(x: torch.Tensor, generator: torch.Generator | None = None, brigh
     s_on, s_a, h_on, h_d = coin(), uni(*saturation), coin(), _draw_int(generator, dev, -hue, hue, B)
     if x.shape[1] == 3:                                            # grey: S = 0, both steps are no-ops
         hsv = bgr_to_hsv(x)
-        x = torch.where(col(s_on), hsv_to_bgr(torch.stack([hsv[:, 0], q(hsv[:, 1] * s_a.view(B, 1, 1)), hsv[:, 2]], 1)), x)
+        x = torch.where(col(s_on),
+                        hsv_to_bgr(torch.stack([hsv[:, 0], q(hsv[:, 1] * s_a.view(B, 1, 1)), hsv[:, 2]], 1)), x)
         hsv = bgr_to_hsv(x)
-        x = torch.where(col(h_on), hsv_to_bgr(torch.stack([(hsv[:, 0] + h_d.view(B, 1, 1)) % 180, hsv[:, 1], hsv[:, 2]], 1)), x)
+        x = torch.where(col(h_on),
+                        hsv_to_bgr(torch.stack([(hsv[:, 0] + h_d.view(B, 1, 1)) % 180, hsv[:, 1], hsv[:, 2]], 1)), x)
     return torch.where(col(~first & c_on), q(x * col(alpha)), x)
 
 # %% ../nbs/13_augment.ipynb #0eee7af7
@@ -119,12 +129,14 @@ def rotate_nearest(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, mode='nearest', padding_mode='zeros', align_corners=True)
 
-def random_geometric(img: torch.Tensor, msk: torch.Tensor, generator: torch.Generator | None = None, rot_flip: bool = True,
+def random_geometric(img: torch.Tensor, msk: torch.Tensor, generator: torch.Generator | None = None,
+                     rot_flip: bool = True,
                      p_rot_flip: float = 0.5, p_rotate: float = 0.5, max_angle: int = 20):
     """The official `RandomGenerator` on a batch: with p_rot_flip a rot90 (k in 0..3) then a flip on a random axis;
     otherwise with p_rotate a rotation by randint(-max_angle, max_angle) degrees. img [B,C,H,W], msk [B,1,H,W];
     both get the same transform. rot_flip=False: the rotation only (samples drawn for rot90/flip are left as they are)."""
-    B, C = img.shape[:2]; dev = img.device
+    B, C = img.shape[:2]
+    dev = img.device
     both = torch.cat([img, msk.to(img.dtype)], 1)
     rf = _draw(generator, dev, B) >= p_rot_flip
     k, ax = _draw_int(generator, dev, 0, 4, B), _draw_int(generator, dev, 0, 2, B)
@@ -132,7 +144,8 @@ def random_geometric(img: torch.Tensor, msk: torch.Tensor, generator: torch.Gene
     ang = _draw_int(generator, dev, -max_angle, max_angle, B)
     out = both
     if rot_flip:
-        if both.shape[-1] != both.shape[-2]: raise ValueError(f"rot90 needs square images, got {tuple(both.shape[-2:])}; use augment official_notesafe")
+        if both.shape[-1] != both.shape[-2]: raise ValueError(f"rot90 needs square images, got "
+                                                              f"{tuple(both.shape[-2:])}; use augment official_notesafe")
         for kk in range(4):
             r = torch.rot90(both, kk, (-2, -1))
             for a in (0, 1):
@@ -146,7 +159,8 @@ def augment_batch(img: torch.Tensor, msk: torch.Tensor, recipe: str, generator: 
     """Apply `recipe` ('official' | 'official_notesafe') to img float [B,C,H,W] on the 0..255 scale holding integers
     (BGR or grey) and msk float [B,1,H,W]; returns both (img still on the 0..255 scale), on their device."""
     if recipe not in ('official', 'official_notesafe'):
-        raise ValueError(f"unknown augmentation recipe {recipe!r}; params train.augment must be one of {', '.join(AUGMENTS)}")
+        raise ValueError(f"unknown augmentation recipe {recipe!r}; params train.augment must be one of "
+                         f"{', '.join(AUGMENTS)}")
     x = random_blur(img, generator, rowwise=blur_rowwise).floor()
     x = photometric(x, generator)
     return random_geometric(x, msk, generator, rot_flip=recipe == 'official')

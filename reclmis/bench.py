@@ -50,7 +50,8 @@ def bench_one(name: str, device: str = 'cpu', size: int = 224, width: int = 64, 
     net, _ = paper_model(name, size, width, aux=False)
     counts = full.n_params() if hasattr(full, 'n_params') else {'total': n_params(full), 'inference': n_params(full)}
     out = {'model': name, 'size': size, 'width': width, 'text_dim': text_dim, 'device': device,
-           'params_total': counts['total'], 'params_trainable': n_params(full, trainable=True), 'params_inference': counts['inference']}
+           'params_total': counts['total'], 'params_trainable': n_params(full, trainable=True),
+           'params_inference': counts['inference']}
     cpu_in = _inputs(text_dim, 1, size, 'cpu')
     out['macs_thop'] = count_macs(net, *cpu_in)
     net = net.to(dev).eval()
@@ -59,7 +60,8 @@ def bench_one(name: str, device: str = 'cpu', size: int = 224, width: int = 64, 
     if with_encoder and text_dim:
         from reclmis.text import CLIPTextEncoder
         enc = CLIPTextEncoder('random').to(dev)
-        ids, mask = enc.tokenize(['bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.'], 18)
+        ids, mask = enc.tokenize(['bilateral pulmonary infection, two infected areas, upper left lung and lower right '
+                                  'lung.'], 18)
         ids, mask = ids.to(dev), mask.to(dev)
         proj = nn.Linear(512, text_dim).to(dev) if text_dim != 512 else nn.Identity()
         def with_text():
@@ -70,7 +72,8 @@ def bench_one(name: str, device: str = 'cpu', size: int = 224, width: int = 64, 
     xb = _inputs(text_dim, batch, size, dev)
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
     for dtype in ('fp32', 'bf16'):
-        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == 'bf16' else torch.autocast(dev.type, enabled=False)
+        ctx = torch.autocast(dev.type,
+                             dtype=torch.bfloat16) if dtype == 'bf16' else torch.autocast(dev.type, enabled=False)
         def fwd():
             with ctx: net(*xb)
         r = latency(fwd, warmup=1, runs=batch_runs, device=dev)
@@ -100,56 +103,75 @@ def run_bench(device: str = 'auto', models=MODELS, out_dir='results', quick: boo
               speedup_kw: dict | None = None, **kw) -> Path:
     "Benchmark `models` on `device` (auto: cuda if available), each in a subprocess; write results/bench-<device>.json."
     if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if quick: kw = {'size': 64, 'width': 8, 'runs': 3, 'batch': 4, 'batch_runs': 1, 'train_batch': 2, 'train_steps': 1, **kw}
-    elif device == 'cpu': kw = {'batch_runs': 1, 'train_batch': 2, 'train_steps': 3, **kw}   # 224 px, width 64 on a CPU: slow steps
+    if quick: kw = {'size': 64, 'width': 8, 'runs': 3, 'batch': 4, 'batch_runs': 1, 'train_batch': 2, 'train_steps': 1,
+                    **kw}
+    elif device == 'cpu': kw = {'batch_runs': 1, 'train_batch': 2, 'train_steps': 3,
+                                **kw}   # 224 px, width 64 on a CPU: slow steps
     rows = []
     for m in models:
         t0 = time.time()
         cmd = [sys.executable, '-m', 'reclmis.bench', '--one', m, '--device', device, '--kw', json.dumps(kw)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode: raise RuntimeError(f"benchmark of {m} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
-        row = json.loads(r.stdout.strip().splitlines()[-1]); row['wall_s'] = round(time.time() - t0, 1)
-        rows.append(row); print(f"{m}: {row['latency_b1']['median_ms']:.1f} ms/image (batch 1), {row['wall_s']} s", flush=True)
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row['wall_s'] = round(time.time() - t0, 1)
+        rows.append(row)
+        print(f"{m}: {row['latency_b1']['median_ms']:.1f} ms/image (batch 1), {row['wall_s']} s", flush=True)
     tag = 'cpu' if device == 'cpu' else torch.cuda.get_device_name(0).lower().replace(' ', '-') if torch.cuda.is_available() else device
     out = Path(out_dir) / f"bench-{tag}{'-quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = {'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows, 'train_speedups': None}
+    res = {'machine': machine(), 'settings': kw, 'date': time.strftime('%Y-%m-%d'), 'models': rows,
+           'train_speedups': None}
     save = lambda: out.write_text(json.dumps(res, indent=1))
     save()                                             # the model rows are kept even if the speed-up run fails
     if speedups:
-        skw = speedup_kw or ({'size': 64, 'width': 8, 'batch': 2, 'steps': 1, 'warmup': 1, 'compile_model': False} if quick else
-                             {'batch': 32, 'steps': 10, 'warmup': 3} if device == 'cuda' else {'batch': 2, 'steps': 3, 'warmup': 1})
-        cmd = [sys.executable, '-m', 'reclmis.bench', '--one', 'train-speedups', '--device', device, '--kw', json.dumps(skw)]
+        skw = speedup_kw or ({'size': 64, 'width': 8, 'batch': 2, 'steps': 1, 'warmup': 1,
+                              'compile_model': False} if quick else
+                             {'batch': 32, 'steps': 10,
+                              'warmup': 3} if device == 'cuda' else {'batch': 2, 'steps': 3, 'warmup': 1})
+        cmd = [sys.executable, '-m', 'reclmis.bench', '--one', 'train-speedups', '--device', device, '--kw',
+               json.dumps(skw)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
-            res['train_speedups_error'] = r.stderr[-3000:]; save()
-            raise RuntimeError(f"training speed-up benchmark failed (exit {r.returncode}; model rows written to {out}):\n{r.stderr[-3000:]}")
-        res['train_speedups'] = json.loads(r.stdout.strip().splitlines()[-1]); save()
+            res['train_speedups_error'] = r.stderr[-3000:]
+            save()
+            raise RuntimeError(f"training speed-up benchmark failed (exit {r.returncode}; model rows written to "
+                               f"{out}):\n{r.stderr[-3000:]}")
+        res['train_speedups'] = json.loads(r.stdout.strip().splitlines()[-1])
+        save()
     return out
 
 def speedup_table(path) -> str:
     "The training speed-ups of one bench JSON as a markdown table (empty when it has none)."
     sp = json.loads(Path(path).read_text()).get('train_speedups')
     if not sp: return ''
-    lines = [f"RecLMIS training steps at {sp['size']} px, width {sp['width']}, batch {sp['batch']}, {sp['device']}, augmentation "
-             f"{sp.get('augment', 'hflip')}, {sp['steps']} timed steps after warm-up; each row adds one optimisation to the one above.", '',
+    lines = [f"RecLMIS training steps at {sp['size']} px, width {sp['width']}, batch {sp['batch']}, {sp['device']}, "
+             f"augmentation "
+             f"{sp.get('augment', 'hflip')}, {sp['steps']} timed steps after warm-up; each row adds one optimisation "
+             f"to the one above.", '',
              '| loop | images/s | speed-up over the plain fp32 loop |', '|---|---|---|']
     lines += [f"| {r['stage']} | {r['images_per_s']} | {r['speedup_vs_plain']:.2f}x |" for r in sp['stages']]
     return '\n'.join(lines)
 
 def bench_table(path) -> str:
     "A markdown table of one bench JSON."
-    d = json.loads(Path(path).read_text()); m = d['machine']
+    d = json.loads(Path(path).read_text())
+    m = d['machine']
     lines = [f"Measured on {m.get('gpu') or m['cpu']} ({m['cpu_count']} CPU cores, torch {m['torch']}, {d['date']}); "
-             f"size {d['models'][0]['size']} px, width {d['models'][0]['width']}, batch-1 latency over {d['models'][0]['latency_b1']['runs']} runs.", '',
-             '| model | params total / trainable / inference | GMACs (thop rules) | latency b1, median (p90) | with text encoder | '
+             f"size {d['models'][0]['size']} px, width {d['models'][0]['width']}, batch-1 latency over "
+             f"{d['models'][0]['latency_b1']['runs']} runs.", '',
+             '| model | params total / trainable / inference | GMACs (thop rules) | latency b1, median (p90) | with '
+             'text encoder | '
              'throughput fp32 / bf16 (img/s) | peak memory | train img/s |', '|' + '---|' * 8]
     for r in d['models']:
         tp = [k for k in r if k.startswith('throughput_')]
         enc = r.get('latency_b1_with_encoder')
-        lines.append(f"| {r['model']} | {r['params_total'] / 1e6:.2f} M / {r['params_trainable'] / 1e6:.2f} M / {r['params_inference'] / 1e6:.2f} M | "
-                     f"{r['macs_thop'] / 1e9:.2f} | {r['latency_b1']['median_ms']:.1f} ({r['latency_b1']['p90_ms']:.1f}) ms | "
-                     f"{(str(round(enc['median_ms'], 1)) + ' ms') if enc else '-'} | {' / '.join(str(r[k]) for k in sorted(tp, key=lambda k: 'bf16' in k))} | "
+        lines.append(f"| {r['model']} | {r['params_total'] / 1e6:.2f} M / {r['params_trainable'] / 1e6:.2f} M / "
+                     f"{r['params_inference'] / 1e6:.2f} M | "
+                     f"{r['macs_thop'] / 1e9:.2f} | {r['latency_b1']['median_ms']:.1f} "
+                     f"({r['latency_b1']['p90_ms']:.1f}) ms | "
+                     f"{(str(round(enc['median_ms'], 1)) + ' ms') if enc else '-'} | "
+                     f"{' / '.join(str(r[k]) for k in sorted(tp, key=lambda k: 'bf16' in k))} | "
                      f"{r['peak_memory_mb']:.0f} MB | {r['train_images_per_s']} |")
     return '\n'.join(lines)
 
@@ -167,19 +189,24 @@ def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224
     dev = torch.device(device)
     n = batch * (steps + warmup)
     rng = np.random.default_rng(0)
-    sp = make_split(rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8), (rng.random((n, size, size)) > 0.9).astype(np.uint8),
+    sp = make_split(rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8),
+                    (rng.random((n, size, size)) > 0.9).astype(np.uint8),
                     [f'note {i % 7} left' for i in range(n)])
     feats = torch.randn(len(sp.notes), 18, 512)
     class _Bank:   # token features for the split's notes
-        def lookup(self, notes): return feats[[sp.notes.index(x) for x in notes]], torch.ones(len(notes), 18, dtype=torch.bool)
-    sp_host = attach_text(sp, _Bank()); sp = sp_host.to(dev)
+        def lookup(self,
+                   notes): return feats[[sp.notes.index(x) for x in notes]], torch.ones(len(notes), 18, dtype=torch.bool)
+    sp_host = attach_text(sp, _Bank())
+    sp = sp_host.to(dev)
     loss_fn = default_loss(model_loss(model))
     stages = [('plain fp32', dict()), ('+ split and augmentation on the device', dict(device_rng=True)),
               ('+ one host read per epoch', dict(device_rng=True, no_sync=True)),
               ('+ bf16 autocast', dict(device_rng=True, no_sync=True, bf16=True)),
               ('+ channels-last', dict(device_rng=True, no_sync=True, bf16=True, cl=True))]
-    if compile_model: stages.append(('+ torch.compile', dict(device_rng=True, no_sync=True, bf16=True, cl=True, compile=True)))
-    out = {'device': device, 'model': model, 'size': size, 'width': width, 'batch': batch, 'steps': steps, 'augment': augment, 'stages': []}
+    if compile_model: stages.append(('+ torch.compile',
+                                     dict(device_rng=True, no_sync=True, bf16=True, cl=True, compile=True)))
+    out = {'device': device, 'model': model, 'size': size, 'width': width, 'batch': batch, 'steps': steps,
+           'augment': augment, 'stages': []}
     for name, o in stages:
         torch.manual_seed(0)
         net, _ = paper_model(model, size, width, aux=True)
@@ -195,7 +222,8 @@ def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224
             for i, idx in enumerate(batches(len(sp), batch, shuffle=True, generator=gen)):
                 if i >= k: break
                 b = get_batch(src, idx, augment, gen)
-                if not on_dev: b = {key: v.to(dev) if torch.is_tensor(v) else v for key, v in b.items()}   # host -> device per step
+                if not on_dev: b = {key: v.to(dev) if torch.is_tensor(v) else v for key,
+                                    v in b.items()}   # host -> device per step
                 if o.get('cl'): b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
                 sync = None if o.get('no_sync') else (lambda l, _: float(l.detach()))   # official: read every step
                 loss, _ = train_step(run, b, opt, loss_fn, ctx=autocast_ctx(dev, 'bf16' if o.get('bf16') else 'none'),
@@ -204,7 +232,8 @@ def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224
             return float(tot)
         one_epoch(warmup)
         if dev.type == 'cuda': torch.cuda.synchronize()
-        t0 = time.perf_counter(); one_epoch(steps)
+        t0 = time.perf_counter()
+        one_epoch(steps)
         if dev.type == 'cuda': torch.cuda.synchronize()
         ips = batch * steps / (time.perf_counter() - t0)
         out['stages'].append({'stage': name, 'images_per_s': round(ips, 2)})
@@ -216,13 +245,17 @@ def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(prog='python -m reclmis.bench')
-    ap.add_argument('--one', default=None); ap.add_argument('--device', default='auto'); ap.add_argument('--kw', default='{}')
+    ap.add_argument('--one', default=None)
+    ap.add_argument('--device', default='auto')
+    ap.add_argument('--kw', default='{}')
     a = ap.parse_args(argv)
     if a.one == 'train-speedups':
-        print(json.dumps(train_speedups(a.device, **json.loads(a.kw)))); return 0
+        print(json.dumps(train_speedups(a.device, **json.loads(a.kw))))
+        return 0
     if a.one:
         if a.device == 'cpu' or not torch.cuda.is_available(): torch.set_num_threads(os.cpu_count() or 1)
-        print(json.dumps(bench_one(a.one, a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'), **json.loads(a.kw))))
+        print(json.dumps(bench_one(a.one,
+                                   a.device if a.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu'), **json.loads(a.kw))))
         return 0
     print(run_bench(a.device))
 

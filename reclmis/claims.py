@@ -75,7 +75,8 @@ COMMANDS = {'pair': 'dvc repro studies/dvc.yaml:summary-compare', 'ablate': 'dvc
 # %% ../nbs/72_claims.ipynb #ac99230a
 def _row(c: dict, dataset: str, ours, lo, hi, p, seeds, v=None, unit='Dice points', **extra) -> dict:
     paper = c['paper'].get(dataset, 'not reported on this dataset') if isinstance(c['paper'], dict) else c['paper']
-    eff = c.get('effect'); eff = eff.get(dataset) if isinstance(eff, dict) else eff
+    eff = c.get('effect')
+    eff = eff.get(dataset) if isinstance(eff, dict) else eff
     return {'id': c['id'], 'claim': c['claim'], 'dataset': dataset, 'paper': paper, 'paper_effect': eff, 'ours': ours,
             'unit': unit,
             'ci_low': lo, 'ci_high': hi, 'p_holm': p, 'mde': mde(lo, hi) if lo is not None and hi is not None else None,
@@ -103,7 +104,8 @@ def bench_rows(c: dict, bench: dict, a: str = 'reclmis', b: str = 'lvit') -> lis
     "Rows of a `bench` claim: RecLMIS vs LViT at the benchmark's width and size, on the benchmark's device."
     m = {x['model']: x for x in bench.get('models', [])}
     if a not in m or b not in m: return []
-    dev = bench['models'][0].get('device', 'cpu'); ds = f"benchmark ({m[a]['size']} px, width {m[a]['width']}, {dev})"
+    dev = bench['models'][0].get('device', 'cpu')
+    ds = f"benchmark ({m[a]['size']} px, width {m[a]['width']}, {dev})"
     if c['quantity'] == 'latency':
         la, lb = m[a]['latency_b1'], m[b]['latency_b1']
         v = ('holds' if la['p90_ms'] < lb['median_ms'] else 'contradicted' if la['median_ms'] > lb['p90_ms']
@@ -147,7 +149,8 @@ def claims_table(rows: list[dict]) -> str:
 def write_claims(root=None, out='results/claims.json') -> list[dict]:
     "Build the ledger from results/studies/summary-*.json and results/bench-cpu.json under `root`; write `out`."
     from reclmis.study import load_summaries
-    root = Path(root or project_root()); t0 = time.time()
+    root = Path(root or project_root())
+    t0 = time.time()
     bf = root / 'results/bench-cpu.json'
     rows = claim_rows(load_summaries(root / 'results/studies'), json.loads(bf.read_text()) if bf.exists() else None)
     f = root / out

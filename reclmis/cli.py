@@ -23,7 +23,8 @@ def main(argv=None):
     try: return _main([a for a in argv if a != '--debug'])
     except (ParamsError, DataError, FileNotFoundError, RunBusyError, WriteError, FloatingPointError) as e:
         if debug: raise
-        print(f"reclmis: error: {e}\n(run with --debug to see the traceback)", file=sys.stderr); return 2
+        print(f"reclmis: error: {e}\n(run with --debug to see the traceback)", file=sys.stderr)
+        return 2
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='reclmis', description='reclmis pipeline steps (dvc repro runs them all)')
@@ -31,29 +32,39 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument('--debug', action='store_true', help='show the traceback of an error (also RECLMIS_DEBUG=1)')
     ap.add_argument('--study', default=None, help='train/evaluate: the run belongs to this study of studies/dvc.yaml '
                     '(runs under build/studies/<study>, results/studies/<study>; data under build/studies)')
-    ap.add_argument('--studies', action='store_true', help='fetch/prepare/encode: the study pipeline\'s data (build/studies)')
+    ap.add_argument('--studies', action='store_true',
+                    help='fetch/prepare/encode: the study pipeline\'s data (build/studies)')
     sub = ap.add_subparsers(dest='cmd', required=True)
     for c in ('fetch', 'prepare', 'encode'): sub.add_parser(c).add_argument('dataset')
     for c in ('train', 'evaluate'):
-        s = sub.add_parser(c); s.add_argument('dataset'); s.add_argument('model', help='a model or a variant name')
+        s = sub.add_parser(c)
+        s.add_argument('dataset')
+        s.add_argument('model', help='a model or a variant name')
         s.add_argument('--seed', type=int, default=None, help='training seed (default: the first of run.seeds)')
-    s = sub.add_parser('docs'); s.add_argument('--out', default='_docs')
-    s = sub.add_parser('predict', help='segment an image from a note with a trained checkpoint; writes mask + overlay PNGs')
-    s.add_argument('image'); s.add_argument('--note', default=None, help='the clinical note (text models need one)')
+    s = sub.add_parser('docs')
+    s.add_argument('--out', default='_docs')
+    s = sub.add_parser('predict',
+                       help='segment an image from a note with a trained checkpoint; writes mask + overlay PNGs')
+    s.add_argument('image')
+    s.add_argument('--note', default=None, help='the clinical note (text models need one)')
     s.add_argument('--model', default=None, help="the run's model or variant (default reclmis; with --ckpt: must "
                    "agree with the checkpoint)")
     s.add_argument('--dataset', default=None, help="the run's dataset (default synth; with --ckpt: must agree)")
     s.add_argument('--seed', type=int, default=None, help='the run\'s training seed (default: the first of run.seeds)')
     s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/s<seed>/ckpt/best.pt')
-    s.add_argument('--out', default='predictions'); s.add_argument('--device', default='cpu')
-    s = sub.add_parser('bench', help='efficiency benchmark of every model at the paper size; writes results/bench-<device>.json')
-    s.add_argument('--device', default='auto'); s.add_argument('--models', nargs='*', default=None)
+    s.add_argument('--out', default='predictions')
+    s.add_argument('--device', default='cpu')
+    s = sub.add_parser('bench',
+                       help='efficiency benchmark of every model at the paper size; writes results/bench-<device>.json')
+    s.add_argument('--device', default='auto')
+    s.add_argument('--models', nargs='*', default=None)
     s.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of the command')
     s.add_argument('--no-speedups', action='store_true', help='skip the training speed-up measurements')
     s.add_argument('--out', default='results')
     s = sub.add_parser('bench-ddp', help='training images/s at 1 and 2 processes (torchrun, gloo on CPU); '
                        'writes results/ddp-cpu.json')
-    s.add_argument('--out', default='results/ddp-cpu.json'); s.add_argument('--threads', type=int, default=1)
+    s.add_argument('--out', default='results/ddp-cpu.json')
+    s.add_argument('--threads', type=int, default=1)
     s = sub.add_parser('params', help="check params.yaml against the knobs' declarations (reclmis.params); "
                        '--sync rewrites its generated comments')
     s.add_argument('--sync', action='store_true', help='rewrite the comments of the declared knobs in place')
@@ -80,30 +91,41 @@ def _main(argv=None):
         return 0
     if a.cmd == 'bench-ddp':
         from reclmis.distributed import throughput
-        print(json.dumps(throughput(a.out, threads=a.threads)['rows'], indent=1)); return 0
+        print(json.dumps(throughput(a.out, threads=a.threads)['rows'], indent=1))
+        return 0
     if a.cmd == 'bench':
         from reclmis.bench import run_bench, bench_table, speedup_table
         from reclmis.params import MODELS
         out = run_bench(a.device, tuple(a.models or MODELS), a.out, a.quick, speedups=not a.no_speedups)
-        print(bench_table(out)); print(speedup_table(out)); print(out); return 0
+        print(bench_table(out))
+        print(speedup_table(out))
+        print(out)
+        return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
         if a.seed is None and a.ckpt is None: a.seed = load_params(a.params).run.seeds[0]
         r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=a.seed)
-        print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}"); return 0
+        print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}")
+        return 0
     from reclmis import pipeline as pl
     if a.cmd == 'docs':
         from reclmis.docs import build_site
-        print(build_site(out=a.out, proc=False, extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'})); return 0
+        print(build_site(out=a.out, proc=False,
+                         extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'}))
+        return 0
     p = load_params(a.params)   # unknown dataset names are refused by the stage functions (params.resolve)
     data = '' if a.studies or a.study else None
-    if a.cmd == 'fetch': df = pl.fetch_stage(a.dataset, p, study=data); print(df.groupby('split').size().to_string())
+    if a.cmd == 'fetch':
+        df = pl.fetch_stage(a.dataset, p, study=data)
+        print(df.groupby('split').size().to_string())
     elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p, study=data), indent=1))
     elif a.cmd == 'encode': print(json.dumps(pl.encode_stage(a.dataset, p, study=data), indent=1))
     elif a.cmd == 'train':
         r = pl.train_stage(a.dataset, a.model, p, seed=a.seed, study=a.study)
-        if os.environ.get('RANK', '0') == '0': print({k: v for k, v in r.items() if k != 'history'})   # torchrun: rank 0
-    elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study), indent=1))
+        if os.environ.get('RANK',
+                          '0') == '0': print({k: v for k, v in r.items() if k != 'history'})   # torchrun: rank 0
+    elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study),
+                                               indent=1))
     return 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m reclmis.cli (no console script)

@@ -13,7 +13,8 @@ __all__ = ['mha_macs', 'vit_block_macs', 'count_macs', 'count_flops_torch', 'lat
 
 # %% ../nbs/52_compute.ipynb #e75714f3
 def mha_macs(m: nn.MultiheadAttention, inputs, output):
-    "thop rule for `nn.MultiheadAttention`: Lq d^2 (Q) + Lk kdim d (K) + Lk vdim d (V) + 2 Lq Lk d (QK^T, AV) + Lq d^2 (out), per batch."
+    """thop rule for `nn.MultiheadAttention`: Lq d^2 (Q) + Lk kdim d (K) + Lk vdim d (V) + 2 Lq Lk d (QK^T, AV) + Lq d^2
+    (out), per batch."""
     q, k = inputs[0], inputs[1]
     B = q.shape[0] if m.batch_first else q.shape[1]
     Lq, Lk = (q.shape[1], k.shape[1]) if m.batch_first else (q.shape[0], k.shape[0])
@@ -21,8 +22,11 @@ def mha_macs(m: nn.MultiheadAttention, inputs, output):
     m.total_ops += torch.DoubleTensor([B * (Lq * d * d + Lk * m.kdim * d + Lk * m.vdim * d + 2 * Lq * Lk * d + Lq * d * d)])
 
 def vit_block_macs(m, inputs, output):
-    "thop rule for LViT's `ViTBlock`: two affine LayerNorms (4 x elements each, thop's rule), qkv and output projections, attention, MLP."
-    x = inputs[0]; B, S, d = x.shape; h = m.mlp.fc1.out_features
+    """thop rule for LViT's `ViTBlock`: two affine LayerNorms (4 x elements each, thop's rule), qkv and output
+    projections, attention, MLP."""
+    x = inputs[0]
+    B, S, d = x.shape
+    h = m.mlp.fc1.out_features
     m.total_ops += torch.DoubleTensor([B * (2 * 4 * S * d + S * d * 3 * d + 2 * S * S * d + S * d * d + S * d * h + S * h * d)])
 
 def _rules():
@@ -32,7 +36,8 @@ def _rules():
 def count_macs(model: nn.Module, *inputs) -> float:
     "MACs of one forward of `model` in eval mode (thop 0.1.1 rules + the attention rules above)."
     from thop import profile
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         macs, _ = profile(model, inputs=inputs, custom_ops=_rules(), verbose=False)
@@ -45,19 +50,26 @@ def count_macs(model: nn.Module, *inputs) -> float:
 def count_flops_torch(model: nn.Module, *inputs) -> float:
     "MACs (= FLOPs / 2) of one forward in eval mode by `torch.utils.flop_counter.FlopCounterMode`."
     from torch.utils.flop_counter import FlopCounterMode
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc: model(*inputs)
     model.train(was)
     return fc.get_total_flops() / 2
 
 # %% ../nbs/52_compute.ipynb #cceda581
 def latency(fn, warmup: int = 5, runs: int = 50, device='cpu', grad: bool = False) -> dict:
-    "Call `fn()` `warmup` times, then time `runs` calls (synchronised on CUDA): median, p90, mean in ms. Autograd off unless `grad`."
+    """Call `fn()` `warmup` times, then time `runs` calls (synchronised on CUDA): median, p90, mean in ms. Autograd off
+    unless `grad`."""
     sync = (lambda: torch.cuda.synchronize()) if torch.device(device).type == 'cuda' else (lambda: None)
     with torch.set_grad_enabled(grad):
         for _ in range(warmup): fn()
-        sync(); ts = []
+        sync()
+        ts = []
         for _ in range(runs):
-            t0 = time.perf_counter(); fn(); sync(); ts.append(1000 * (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(1000 * (time.perf_counter() - t0))
     ts.sort()
-    return {'median_ms': statistics.median(ts), 'p90_ms': ts[min(len(ts) - 1, int(0.9 * len(ts)))], 'mean_ms': statistics.fmean(ts), 'runs': runs}
+    return {'median_ms': statistics.median(ts), 'p90_ms': ts[min(len(ts) - 1, int(0.9 * len(ts)))],
+            'mean_ms': statistics.fmean(ts), 'runs': runs}

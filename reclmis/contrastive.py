@@ -28,13 +28,15 @@ def ccl_similarity(text, patches, text_mask, woi=None, poi=None, double_softmax:
     return (s_t2v + s_v2t) / 2
 
 def _gather_all(*xs):
-    "Every rank's batch of each tensor in `xs` (None stays None), in rank order, with gradients (`distributed.all_gather_cat`)."
+    """Every rank's batch of each tensor in `xs` (None stays None), in rank order, with gradients
+    (`distributed.all_gather_cat`)."""
     from reclmis.distributed import all_gather_cat
     return tuple(None if x is None else all_gather_cat(x) for x in xs)
 
 def ccl_loss(text, patches, text_mask, woi=None, poi=None, temperature: float = 0.01, double_softmax: bool = False,
              pad_as_zero: bool = True, replicas: int = 1, gather: bool = False) -> torch.Tensor:
-    "Symmetric InfoNCE on `ccl_similarity / temperature` with the diagonal as positives; with `replicas` > 1 the batch is split into that many sub-batches (official multi-GPU `DataParallel`) and the losses averaged."
+    """Symmetric InfoNCE on `ccl_similarity / temperature` with the diagonal as positives; with `replicas` > 1 the batch
+    is split into that many sub-batches (official multi-GPU `DataParallel`) and the losses averaged."""
     if gather: text, patches, text_mask, woi, poi = _gather_all(text, patches, text_mask, woi, poi)   # no-op: 1 process
     B = text.shape[0]
     if replicas > 1:

@@ -31,7 +31,8 @@ class WriteError(OSError):
 
 # %% ../nbs/00_core.ipynb #abd37c0e
 def project_root(start: str | Path | None = None) -> Path:
-    "The project root: the nearest parent of `start` (default: cwd) holding `settings.ini` and `params.yaml`, or `$RECLMIS_ROOT`."
+    """The project root: the nearest parent of `start` (default: cwd) holding `settings.ini` and `params.yaml`, or
+    `$RECLMIS_ROOT`."""
     if os.environ.get('RECLMIS_ROOT'): return Path(os.environ['RECLMIS_ROOT']).resolve()
     p = Path(start or Path.cwd()).resolve()
     for q in [p, *p.parents]:
@@ -41,14 +42,18 @@ def project_root(start: str | Path | None = None) -> Path:
 
 # %% ../nbs/00_core.ipynb #4140bd36
 def machine() -> dict:
-    "What a result was measured on: CPU model and count, torch threads and version, Python, platform, and the GPU if any."
+    """What a result was measured on: CPU model and count, torch threads and version, Python, platform, and the GPU if
+    any."""
     import torch
     cpu = platform.processor() or ''
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
     except OSError: pass
-    out = {'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
+    out = {'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
+           'torch': torch.__version__,
            'python': platform.python_version(), 'platform': platform.platform()}
     if torch.cuda.is_available():
         out.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
@@ -59,10 +64,13 @@ def machine() -> dict:
 def seed_everything(seed: int, deterministic: bool = True):
     "Seed python, numpy and torch (all devices); make cuDNN deterministic as the official code does."
     import torch
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     if deterministic:
-        torch.backends.cudnn.deterministic = True; torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 def get_device(want: str = 'auto', threads: int = 0):
     "The torch device for `want` (auto | cpu | cuda); sets the CPU thread count when `threads` > 0."

@@ -29,13 +29,20 @@ MANIFESTS: dict = {
         'upstream_prefix': 'data/QaTa/',
         'counts': {'train': 5716, 'valid': 1429, 'test': 2113},
         'shards': {
-            'qata-train-000.tar': {'split': 'train', 'pairs': 1753, 'sha256': 'c245b829b3adec41e63f57d6bde07b0445b5e138f9de309779a6d195d2d80f52'},
-            'qata-train-001.tar': {'split': 'train', 'pairs': 1768, 'sha256': '67515e672bd922728c101c3601d4f49594e6a340ef988b5c6e1134bef2e6ad71'},
-            'qata-train-002.tar': {'split': 'train', 'pairs': 1811, 'sha256': 'd57d321a30891a88d57161da41cd098da8ea4b0f44b5b554004a3b5a9aa8d8bd'},
-            'qata-train-003.tar': {'split': 'train', 'pairs': 384, 'sha256': '844a3bc271ee764a97c5a1cf856e529808bb6f8fad887f3c39ed713842407d98'},
-            'qata-valid-000.tar': {'split': 'valid', 'pairs': 1429, 'sha256': '4090037b6f8b784265273e4125ea404d76c02fd51af244f10ff986860ef3acf3'},
-            'qata-test-000.tar': {'split': 'test', 'pairs': 1808, 'sha256': '9f8f647f729d16f40a30bfdf8b72011aecf34cddda1da89dcf83981c29169f96'},
-            'qata-test-001.tar': {'split': 'test', 'pairs': 305, 'sha256': '3c82499bf744be1561013034a7ae65df0dfee9004444044a79b09a36eaea768f'},
+            'qata-train-000.tar': {'split': 'train', 'pairs': 1753,
+                                   'sha256': 'c245b829b3adec41e63f57d6bde07b0445b5e138f9de309779a6d195d2d80f52'},
+            'qata-train-001.tar': {'split': 'train', 'pairs': 1768,
+                                   'sha256': '67515e672bd922728c101c3601d4f49594e6a340ef988b5c6e1134bef2e6ad71'},
+            'qata-train-002.tar': {'split': 'train', 'pairs': 1811,
+                                   'sha256': 'd57d321a30891a88d57161da41cd098da8ea4b0f44b5b554004a3b5a9aa8d8bd'},
+            'qata-train-003.tar': {'split': 'train', 'pairs': 384,
+                                   'sha256': '844a3bc271ee764a97c5a1cf856e529808bb6f8fad887f3c39ed713842407d98'},
+            'qata-valid-000.tar': {'split': 'valid', 'pairs': 1429,
+                                   'sha256': '4090037b6f8b784265273e4125ea404d76c02fd51af244f10ff986860ef3acf3'},
+            'qata-test-000.tar': {'split': 'test', 'pairs': 1808,
+                                  'sha256': '9f8f647f729d16f40a30bfdf8b72011aecf34cddda1da89dcf83981c29169f96'},
+            'qata-test-001.tar': {'split': 'test', 'pairs': 305,
+                                  'sha256': '3c82499bf744be1561013034a7ae65df0dfee9004444044a79b09a36eaea768f'},
         },
         'annotation.json': {'path': 'prompts/annotation.json',
                             'sha256': '6f62c4b40ed460de53a8e4a80cc7633569853ab8fe2f4cca3cfc216af9e59fb0'},
@@ -151,7 +158,9 @@ def _extract_tar(archive: Path, dest: Path) -> int:
             rel = _safe_member(m, archive)
             if rel is None: continue
             if m.isdir(): (dest/rel).mkdir(parents=True, exist_ok=True)
-            else: _write_member(tf, m, dest/rel); n += 1
+            else:
+                _write_member(tf, m, dest/rel)
+                n += 1
     return n
 
 def _manifest_hash(folder: Path) -> str: return sha256_file(folder/'MANIFEST.json')
@@ -178,10 +187,12 @@ def extract_mirror(folder: str | Path, dest: str | Path, pinned: dict | None = N
 # %% ../nbs/10_data.ipynb #cfdd2e89
 def download(url: str, path: str | Path, chunk: int = 1 << 20, timeout: float = 60) -> Path:
     "Stream `url` to `path` with a progress bar, resuming `path.part` when the server honours `Range`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + '.part')
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={'User-Agent': 'reclmis', **({'Range': f'bytes={have}-'} if have else {})})
+    req = urllib.request.Request(url,
+                                 headers={'User-Agent': 'reclmis', **({'Range': f'bytes={have}-'} if have else {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             resumed = have and r.status == 206
@@ -189,7 +200,9 @@ def download(url: str, path: str | Path, chunk: int = 1 << 20, timeout: float = 
             total = int(total) + (have if resumed else 0) if total else None
             with open(part, 'ab' if resumed else 'wb') as f, \
                  tqdm(total=total, initial=have if resumed else 0, unit='B', unit_scale=True, desc=path.name) as bar:
-                while b := r.read(chunk): f.write(b); bar.update(len(b))
+                while b := r.read(chunk):
+                    f.write(b)
+                    bar.update(len(b))
     except OSError as e:  # URLError, HTTPError, timeouts and connection resets are all OSErrors
         raise DataError(f"download of {url} to {part} failed ({e}); check the network and run again (the partial "
                         "file is resumed), or set fetch.source in params.yaml to a local mirror") from e
@@ -216,7 +229,8 @@ def fetch_upstream(name: str, download_dir: str | Path, dest: str | Path, downlo
     stamp = f"upstream {m['upstream']}@{m['upstream_commit']}"
     done = dest/'.complete'
     if done.exists() and done.read_text().strip() == stamp:
-        print(f"{dest} is complete ({stamp}); nothing to do"); return dest
+        print(f"{dest} is complete ({stamp}); nothing to do")
+        return dest
     url = _codeload_url(m)
     archive = download_dir/f"{m['upstream'].split('/')[-1]}-{m['upstream_commit']}.tar.gz"
     if not archive.exists(): (downloader or download)(url, archive)
@@ -230,7 +244,8 @@ def fetch_upstream(name: str, download_dir: str | Path, dest: str | Path, downlo
             with tarfile.open(archive, 'r|gz') as tf:
                 for mem in tf:
                     if _safe_path(mem, archive, strip=1) == ann_path and mem.isfile():
-                        _write_member(tf, mem, dest/'annotation.json'); break
+                        _write_member(tf, mem, dest/'annotation.json')
+                        break
             if not (dest/'annotation.json').exists():
                 raise DataError(f"{archive} has no {ann_path}; the archive is not the pinned commit: delete it and "
                                 "run again")
@@ -247,14 +262,18 @@ def fetch_upstream(name: str, download_dir: str | Path, dest: str | Path, downlo
                 if rel is None or prefix not in rel.parents or mem.isdir(): continue
                 _safe_member(mem, archive, strip=1)      # ... but under the prefix only regular files are accepted
                 sub = rel.relative_to(prefix)
-                if sub.name.startswith('.'): ignored.append(str(rel)); continue
+                if sub.name.startswith('.'):
+                    ignored.append(str(rel))
+                    continue
                 if keep is not None:  # QaTa: images/<split>/{images,masks}/<file>
                     parts = sub.parts
                     key = parts[-1] if len(parts) == 4 and parts[2] == 'masks' else 'mask_' + parts[-1]
                     if len(parts) != 4 or parts[0] != 'images' or parts[2] not in ('images', 'masks') \
                             or key not in keep.get(parts[1], ()):
-                        ignored.append(str(rel)); continue
-                _write_member(tf, mem, dest/sub); n_out += 1
+                        ignored.append(str(rel))
+                        continue
+                _write_member(tf, mem, dest/sub)
+                n_out += 1
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise DataError(f"{archive} is not a complete tar.gz ({e}); delete it and run again") from e
     if ignored:
@@ -290,7 +309,8 @@ def _open(path: Path) -> Image.Image:
     if not path.exists():
         raise DataError(f"{path} not found; re-fetch the dataset (delete its .complete stamp and run the fetch stage)")
     try:
-        im = Image.open(path); im.load()
+        im = Image.open(path)
+        im.load()
     except _CORRUPT as e:
         raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}); re-fetch it; checksum "
                         "verification of the mirror would catch it") from e
@@ -310,7 +330,8 @@ def _to_uint8(a: np.ndarray, path, depth16: str = 'official') -> np.ndarray:
         if depth16 == 'rescale': return np.round(a.astype(np.float64) * (255 / max(mx, 1))).astype(np.uint8)
         if depth16 == 'strict' and 0 < mx < 4096:
             raise DataError(f"{path} is a 16-bit image whose values stop at {mx} (<= 12 bits): the official reader "
-                            f"keeps the high byte, which leaves {(mx >> 8) + 1} grey levels. Set datasets.<name>.depth16 "
+                            f"keeps the high byte, which leaves {(mx >> 8) + 1} grey levels. Set "
+                            f"datasets.<name>.depth16 "
                             "to 'rescale' (scale the data's own range to 8 bits) or 'official' (accept it)")
         return (a >> 8).astype(np.uint8)  # cv2 reduces 16-bit PNG/TIFF to 8 bits by dropping the low byte
     raise DataError(f"{path} has pixel type {a.dtype} that reclmis cannot reduce to 8 bits; convert it to an 8-bit PNG")
@@ -321,7 +342,8 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | Path, channels: int = 3, depth16: str = 'official') -> np.ndarray:
     "Decode `path` at native size to uint8 [H,W,C]: C=3 in cv2's BGR order (grey replicated) or C=1 grey."
-    if channels not in (1, 3): raise DataError(f"channels must be 1 or 3 (reading {path}); fix datasets.<name>.channels")
+    if channels not in (1,
+                        3): raise DataError(f"channels must be 1 or 3 (reading {path}); fix datasets.<name>.channels")
     im = _open(path)
     if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'): a = _to_uint8(np.asarray(im), path, depth16)  # 16-bit grey
     elif im.mode in ('L', 'LA', '1'): a = np.asarray(im.convert('L'))
@@ -338,7 +360,8 @@ def read_mask(path: str | Path, strict: bool = False) -> np.ndarray:
     im = _open(path)
     if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'): a = _to_uint8(np.asarray(im), path)
     elif im.mode in ('L', 'LA', '1'): a = np.asarray(im.convert('L'))
-    elif im.mode == 'F': raise DataError(f"mask {path} is a float image (mode F); save it as an 8-bit PNG with values 0/255")
+    elif im.mode == 'F': raise DataError(f"mask {path} is a float image (mode F); save it as an 8-bit PNG with values "
+                                         f"0/255")
     else: a = _grey(np.asarray(im.convert('RGB')))
     vals = set(np.unique(a).tolist())
     if not (vals <= {0, 255} or vals <= {0, 1}):
@@ -400,7 +423,8 @@ def _finish(rows: list[dict], root: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=['image', 'mask', 'split', 'note'])
     shas, pix = [], []
     for im, mk in tqdm(list(zip(df['image'], df['mask'])), desc=f'index {root.name}', unit='pair'):
-        shas.append(sha256_file(root/im)); pix.append(int(read_mask(root/mk).sum()))
+        shas.append(sha256_file(root/im))
+        pix.append(int(read_mask(root/mk).sum()))
     df['sha256'], df['mask_pixels'] = shas, pix
     df['_s'] = df['split'].map({s: i for i, s in enumerate(SPLITS)})
     df['_n'] = df['image'].map(lambda p: PurePosixPath(p).name)
@@ -431,7 +455,8 @@ def index_qata(root: str | Path, counts: dict | str | None = 'manifest') -> pd.D
         notes = {e['image_path']: e.get('caption') for e in ann.get(up, [])}
         mdir, idir = root/'images'/up/'masks', root/'images'/up/'images'
         if not mdir.is_dir():
-            raise DataError(f"mask folder {mdir} not found; {root} is not an extracted QaTa dataset: re-run the fetch stage")
+            raise DataError(f"mask folder {mdir} not found; {root} is not an extracted QaTa dataset: re-run the fetch "
+                            f"stage")
         masks = _visible(mdir)
         for mp in masks:
             if not mp.name.startswith('mask_'):
@@ -471,7 +496,8 @@ def _read_notes(xlsx: Path) -> dict[str, str]:
         raise DataError(f"{xlsx} has columns {list(t.columns)}; LViT's text files need 'Image' and 'Description'")
     out = {}
     for k, v in zip(t['Image'], t['Description']):
-        k = str(k).strip(); v = '' if pd.isna(v) else str(v).strip()
+        k = str(k).strip()
+        v = '' if pd.isna(v) else str(v).strip()
         if k in out and out[k] != v:
             raise DataError(f"{xlsx} gives two different notes for {k}; keep one row per image")
         out[k] = v
@@ -488,13 +514,15 @@ def index_lvit(root: str | Path, covid: bool = False, counts: dict | None = None
         fdir = root/folder
         idir, mdir = fdir/'img', fdir/'labelcol'
         for d in (idir, mdir):
-            if not d.is_dir(): raise DataError(f"folder {d} not found; LViT's layout needs {folder}/img and {folder}/labelcol")
+            if not d.is_dir(): raise DataError(f"folder {d} not found; LViT's layout needs {folder}/img and "
+                                               f"{folder}/labelcol")
         xlsx = (root/'Train_Folder'/'Train_Val_text.xlsx' if split != 'test' else fdir/'Test_text.xlsx') if covid \
             else fdir/f"{folder.split('_')[0]}_text.xlsx"
         notes = _read_notes(xlsx)
         imgs, masks = _visible(idir), _visible(mdir)
         if len(imgs) != len(masks):
-            raise DataError(f"{idir} holds {len(imgs)} files but {mdir} holds {len(masks)}; LViT pairs them one to one: "
+            raise DataError(f"{idir} holds {len(imgs)} files but {mdir} holds {len(masks)}; LViT pairs them one to "
+                            f"one: "
                             "add the missing files or remove the extra ones")
         if covid:
             pairs = []
@@ -508,7 +536,8 @@ def index_lvit(root: str | Path, covid: bool = False, counts: dict | None = None
             if not ip.exists(): raise DataError(f"image {ip} for mask {mp} not found; add it or remove the mask")
             if not mp.exists(): raise DataError(f"mask {mp} for image {ip} not found; add it or remove the image")
             note = notes.get(mp.name)
-            if note is None: raise DataError(f"no note for {mp.name} (image {ip}) in {xlsx}; add a row (Image={mp.name})")
+            if note is None: raise DataError(f"no note for {mp.name} (image {ip}) in {xlsx}; add a row "
+                                             f"(Image={mp.name})")
             if not note: raise DataError(f"empty note for {mp.name} in {xlsx}; write its Description")
             rows.append(dict(image=str(ip.relative_to(root).as_posix()), mask=str(mp.relative_to(root).as_posix()),
                              split=split, note=note))
@@ -538,7 +567,8 @@ def check_index_files(df: pd.DataFrame, root: str | Path, index_path: str | Path
     """Refuse an index that disagrees with the files under `root`: a row whose image or mask is missing, an image
     whose sha256 changed since the index was written (`verify_sha`), or a file in an indexed folder without its row.
     Nothing is dropped or skipped without a word: each case is a `DataError` with the count, examples and the fix."""
-    root = Path(root); fix = "re-run the fetch stage (dvc repro -f fetch@<dataset>), which rebuilds both"
+    root = Path(root)
+    fix = "re-run the fetch stage (dvc repro -f fetch@<dataset>), which rebuilds both"
     listed = set(df['image']) | set(df['mask'])
     gone = sorted(f for f in listed if not (root/f).is_file())
     if gone:
@@ -557,7 +587,8 @@ def check_index_files(df: pd.DataFrame, root: str | Path, index_path: str | Path
 
 def write_index(df: pd.DataFrame, path: str | Path) -> Path:
     "Write index `df` as CSV to `path` (creating folders)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     df[INDEX_COLUMNS].to_csv(path, index=False)
     return path
 
@@ -567,7 +598,8 @@ def read_index(path: str | Path) -> pd.DataFrame:
     if not path.exists(): raise DataError(f"index {path} not found; run the stage that writes it (fetch/index)")
     df = pd.read_csv(path, dtype={'image': str, 'mask': str, 'split': str, 'note': str, 'sha256': str,
                                   'mask_pixels': 'int64'}, keep_default_na=False)
-    if list(df.columns) != INDEX_COLUMNS: raise DataError(f"{path} has columns {list(df.columns)}, expected {INDEX_COLUMNS}; rebuild it")
+    if list(df.columns) != INDEX_COLUMNS: raise DataError(f"{path} has columns {list(df.columns)}, expected "
+                                                          f"{INDEX_COLUMNS}; rebuild it")
     return df
 
 def split_counts(df: pd.DataFrame) -> pd.DataFrame:

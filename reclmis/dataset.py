@@ -53,7 +53,8 @@ class Split:
                      mv(self.para_mask))
 
 def attach_text(s: Split, bank) -> Split:
-    "A copy of `s` carrying the cached token features of its notes (mirrored ones included) from `bank` (a `reclmis.text.TextBank`)."
+    """A copy of `s` carrying the cached token features of its notes (mirrored ones included) from `bank` (a
+    `reclmis.text.TextBank`)."""
     feats, mask = bank.lookup(s.notes)
     return Split(s.images, s.masks, s.notes, s.note_idx, s.mirror_idx, s.names, s.extra, feats, mask)
 
@@ -74,7 +75,7 @@ def make_split(images, masks, notes: list[str], names=None, **extra) -> Split:
     "Build a `Split` from arrays and one note per image; checks shapes and the mask value set."
     images, masks = torch.as_tensor(np.asarray(images)), torch.as_tensor(np.asarray(masks))
     if images.ndim == 3: images = images[:, None]
-    if images.dtype != torch.uint8 or masks.dtype != torch.uint8: raise DataError(f"images and masks must be uint8, got {images.dtype}, {masks.dtype}")
+    if images.dtype != torch.uint8 or masks.dtype != torch.uint8: raise DataError(f"images and masks must be uint8, " f"got {images.dtype}, {masks.dtype}")
     if images.shape[0] != masks.shape[0] or images.shape[2:] != masks.shape[1:]:
         raise DataError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match")
     if len(notes) != len(images): raise DataError(f"{len(images)} images but {len(notes)} notes")
@@ -87,7 +88,8 @@ def make_split(images, masks, notes: list[str], names=None, **extra) -> Split:
 
 def save_split(s: Split, path):
     "Write a split as one compressed npz (notes as one string per image)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, images=s.images.numpy(), masks=s.masks.numpy(),
                         notes=np.array([s.notes[i] for i in s.note_idx.tolist()]), names=np.array(s.names),
                         **{k: v.numpy() for k, v in s.extra.items()})
@@ -101,8 +103,10 @@ def load_split(path) -> Split:
     return make_split(z['images'], z['masks'], [str(n) for n in z['notes']], [str(n) for n in z['names']], **extra)
 
 # %% ../nbs/12_dataset.ipynb #a387fa99
-def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, drop_last: bool = False):
-    "Index tensors of size `batch_size` covering range(n), on the generator's device (a CUDA generator keeps the order on the GPU)."
+def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+            drop_last: bool = False):
+    """Index tensors of size `batch_size` covering range(n), on the generator's device (a CUDA generator keeps the order
+    on the GPU)."""
     dev = generator.device if generator is not None else 'cpu'
     order = torch.randperm(n, generator=generator, device=dev) if shuffle else torch.arange(n, device=dev)
     for i in range(0, n, batch_size):
@@ -122,7 +126,8 @@ def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: tor
     dev = s.images.device
     idx = idx.to(dev)
     img, msk, nid = s.images[idx].float(), s.masks[idx].float()[:, None], s.note_idx[idx]
-    if augment not in AUGMENTS: raise ValueError(f"unknown augment {augment!r}; params train.augment must be one of {', '.join(AUGMENTS)}")
+    if augment not in AUGMENTS: raise ValueError(f"unknown augment {augment!r}; params train.augment must be one of "
+                                                 f"{', '.join(AUGMENTS)}")
     if augment.startswith('official'): img, msk = augment_batch(img, msk, augment, generator, blur_rowwise)
     img = img / 255
     if augment in ('hflip', 'official_notesafe'):

@@ -32,7 +32,8 @@ def init_distributed(want: str = 'auto', threads: int = 0) -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group('nccl' if use_cuda else 'gloo')
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0'))); return torch.device('cuda', torch.cuda.current_device())
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+        return torch.device('cuda', torch.cuda.current_device())
     return torch.device('cpu')
 
 def backend() -> str | None:
@@ -59,18 +60,23 @@ def all_any(flag: bool, device='cpu') -> bool:
 def broadcast_obj(obj, src: int = 0):
     "Rank `src`'s `obj` on every rank."
     if world()[1] == 1: return obj
-    box = [obj]; dist.broadcast_object_list(box, src=src); return box[0]
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 def gather_obj(obj) -> list:
     "Every rank's `obj`, in rank order, on every rank."
     if world()[1] == 1: return [obj]
-    out = [None] * world()[1]; dist.all_gather_object(out, obj); return out
+    out = [None] * world()[1]
+    dist.all_gather_object(out, obj)
+    return out
 
 def _gather(x: torch.Tensor) -> list:
     "Every rank's `x` (equal shapes), no gradient; a boolean tensor travels as float32, which gloo takes."
     dt = x.dtype if x.is_floating_point() else torch.float32
     out = [torch.empty(x.shape, dtype=dt, device=x.device) for _ in range(world()[1])]
-    dist.all_gather(out, x.to(dt).contiguous()); return [o.to(x.dtype) for o in out]
+    dist.all_gather(out, x.to(dt).contiguous())
+    return [o.to(x.dtype) for o in out]
 
 class _GatherCat(torch.autograd.Function):
     "Concatenate every rank's `x` in rank order; backward: sum the ranks' gradients, keep this rank's part."
@@ -80,7 +86,8 @@ class _GatherCat(torch.autograd.Function):
         return torch.cat(_gather(x))
     @staticmethod
     def backward(ctx, g):
-        g = g.contiguous().clone(); dist.all_reduce(g)
+        g = g.contiguous().clone()
+        dist.all_reduce(g)
         return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +129,9 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         xd = x.double()
         n = torch.full((1,), x.numel() / C, dtype=torch.float64, device=x.device)
         tot = all_reduce(torch.cat([xd.sum(dims), (xd * xd).sum(dims), n]))
-        N = tot[-1]; mean = tot[:C] / N; var = (tot[C:2 * C] / N - mean * mean).clamp_min(0)
+        N = tot[-1]
+        mean = tot[:C] / N
+        var = (tot[C:2 * C] / N - mean * mean).clamp_min(0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -138,7 +147,8 @@ def convert_sync_bn(module: torch.nn.Module, device) -> torch.nn.Module:
     if torch.device(device).type == 'cuda': return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module
     if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
         if module.affine: out.weight, out.bias = module.weight, module.bias
         if module.track_running_stats:
             out.running_mean, out.running_var = module.running_mean, module.running_var
@@ -187,27 +197,32 @@ def throughput(out='results/ddp-cpu.json', model: str = 'unet', epochs: int = 3,
     try:
         shutil.copy(root / 'settings.ini', ws)
         y = yaml.safe_load((root / 'params.yaml').read_text())
-        y['run'].update(threads=threads, models=[model], live=False); y['train'].update(epochs=epochs)
+        y['run'].update(threads=threads, models=[model], live=False)
+        y['train'].update(epochs=epochs)
         env = {**os.environ, 'RECLMIS_ROOT': str(ws), 'OMP_NUM_THREADS': str(max(threads, 1))}
         def reclmis(*args):
-            r = subprocess.run([sys.executable, '-m', 'reclmis', *args], cwd=ws, env=env, capture_output=True, text=True)
+            r = subprocess.run([sys.executable, '-m', 'reclmis', *args], cwd=ws, env=env, capture_output=True,
+                               text=True)
             if r.returncode: raise RuntimeError(f"`reclmis {' '.join(args)}` failed:\n{r.stderr[-3000:]}")
         (ws / 'params.yaml').write_text(yaml.safe_dump(y, sort_keys=False))
         for stage in ('fetch', 'prepare', 'encode'): reclmis(stage, 'synth')
         rows, bs = [], y['train']['batch_size']
         for nproc, frac, th in configs:
             per, th = max(1, round(bs * frac)), threads * th
-            y['run'].update(nproc=nproc, threads=th); y['train']['batch_size'] = per
+            y['run'].update(nproc=nproc, threads=th)
+            y['train']['batch_size'] = per
             name = f'p{nproc}-{per}-{th}.yaml'
             (ws / name).write_text(yaml.safe_dump(y, sort_keys=False))
             env['OMP_NUM_THREADS'] = str(th)
-            t0 = time.time(); reclmis('--params', name, 'train', 'synth', model)
+            t0 = time.time()
+            reclmis('--params', name, 'train', 'synth', model)
             tj = json.loads((ws / 'results/synth' / model / f"s{y['run']['seeds'][0]}" / 'train.json').read_text())
             ep = [h['epoch_s'] for h in tj['history']]
             n = json.loads((ws / 'results/synth/data.json').read_text())['splits']['train']['n']
             rows.append({'nproc': nproc, 'threads_per_process': th, 'per_rank_batch': per, 'global_batch': per * nproc,
                          'epoch_s': ep, 'images_per_s': round(n / (sum(ep[1:]) / len(ep[1:])), 1),
-                         'wall_s': round(time.time() - t0, 1), 'world_size': tj['world_size'], 'backend': tj['backend']})
+                         'wall_s': round(time.time() - t0, 1), 'world_size': tj['world_size'],
+                         'backend': tj['backend']})
             print(rows[-1], flush=True)
         res = {'model': model, 'dataset': 'synth', 'img_size': y['datasets']['synth']['img_size'], 'n_train': n,
                'epochs': epochs, 'rows': rows, 'machine': machine(), 'command': 'reclmis bench-ddp'}
@@ -220,7 +235,8 @@ def throughput_table(path) -> str:
     "The markdown table of a `throughput` result file: processes, batches, images/s, relative to one process."
     import json
     from pathlib import Path
-    r = json.loads(Path(path).read_text()); base = r['rows'][0]['images_per_s']
+    r = json.loads(Path(path).read_text())
+    base = r['rows'][0]['images_per_s']
     m = r['machine']
     out = [f"{r['model']} on the embedded default ({r['n_train']} training images at {r['img_size']} px, "
            f"{r['epochs']} epochs, the first not timed); {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}", '',

@@ -66,7 +66,8 @@ write_nb(nb, sys.argv[2])
 '''
 
 def proc_nb(src, dst, root=None, timeout: float = 600) -> str | None:
-    "Run nbdev's docs processors (those of `nbdev_proc_nbs`) on notebook `src`, writing `dst`; `root` (the project, put on `PYTHONPATH`). Returns an error text or None."
+    """Run nbdev's docs processors (those of `nbdev_proc_nbs`) on notebook `src`, writing `dst`; `root` (the project,
+    put on `PYTHONPATH`). Returns an error text or None."""
     src, dst = Path(src).resolve(), Path(dst)
     env = dict(os.environ)
     if root is not None:  # the library need not be pip-installed: import it from the checkout
@@ -105,7 +106,8 @@ def link_attrs_to_html(md: str) -> str:
     return _re_link_attrs.sub(one, md)
 
 def clean_nb(nb):
-    "Make a (processed or raw) notebook ready for nbconvert: drop execution metadata and papermill's parameter cells, front matter -> title, apply and strip `#|` directives."
+    """Make a (processed or raw) notebook ready for nbconvert: drop execution metadata and papermill's parameter cells,
+    front matter -> title, apply and strip `#|` directives."""
     nb.metadata.pop('execution', None)
     cells = []
     for c in nb.cells:
@@ -139,7 +141,8 @@ def clean_nb(nb):
 _re_sd = re.compile(r'^show_doc\(\s*([\w.]+)\s*(?:,[^)]*)?\)\s*$')
 
 def render_show_docs(nb, package: str = 'reclmis'):
-    "Replace each cell of `nb` made only of `show_doc(name)` lines by the rendered docs of those symbols of the notebook's module."
+    """Replace each cell of `nb` made only of `show_doc(name)` lines by the rendered docs of those symbols of the
+    notebook's module."""
     import importlib
     exp = next((d['default_exp'] for c in nb.cells if c.cell_type == 'code'
                 and 'default_exp' in (d := _directives(c.source))), None)
@@ -188,7 +191,8 @@ def nav_html(title: str, pages: list, current: str | None = None) -> str:
     return ''.join(out) + '</ul></nav>'
 
 _re_cdn_script = re.compile(r'<script\b[^>]*\bsrc\s*=\s*["\']?(?:https?:)?//[^>]*>\s*</script>', re.I)
-_re_cdn_inline = re.compile(r'<script\b[^>]*>(?:(?!</script>).)*?(?:https?:)?//cdn[^<]*?(?:(?!</script>).)*</script>', re.I | re.S)
+_re_cdn_inline = re.compile(r'<script\b[^>]*>(?:(?!</script>).)*?(?:https?:)?//cdn[^<]*?(?:(?!</script>).)*</script>',
+                            re.I | re.S)
 _re_cdn_link = re.compile(r'<link\b[^>]*\bhref\s*=\s*["\']?(?:https?:)?//[^>]*>', re.I)
 
 def offline_html(h: str) -> str:
@@ -202,14 +206,17 @@ def _exporter():
     c.TagRemovePreprocessor.enabled = True
     c.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
     c.TagRemovePreprocessor.remove_cell_tags = {'remove_cell'}
-    return HTMLExporter(config=c, template_name='lab', embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    return HTMLExporter(config=c, template_name='lab', embed_images=True, exclude_input_prompt=True,
+                        exclude_output_prompt=True)
 
 def nb_to_html(nb_path, out_html, nav: str = '', img_dir=None, warning: str | None = None, nb=None) -> Path:
-    "Convert notebook (or `.md` file) `nb_path` to a self-contained `out_html` with sidebar `nav`; images relative to `img_dir` (default: the notebook's folder) are embedded."
+    """Convert notebook (or `.md` file) `nb_path` to a self-contained `out_html` with sidebar `nav`; images relative to
+    `img_dir` (default: the notebook's folder) are embedded."""
     nb_path, out_html = Path(nb_path), Path(out_html)
     if nb is None:
         if nb_path.suffix == '.md':
-            nb = nbformat.v4.new_notebook(); nb.cells = [nbformat.v4.new_markdown_cell(nb_path.read_text(encoding='utf-8'))]
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [nbformat.v4.new_markdown_cell(nb_path.read_text(encoding='utf-8'))]
         else: nb = render_show_docs(nbformat.read(nb_path, as_version=4))
     nb = clean_nb(nb)
     res = {'metadata': {'path': str(Path(img_dir or nb_path.parent).resolve()), 'name': nb_path.stem}}
@@ -226,7 +233,8 @@ def nb_to_html(nb_path, out_html, nav: str = '', img_dir=None, warning: str | No
     return out_html
 
 # %% ../nbs/74_docs.ipynb #98691b19
-DEFAULT_EXTRA = {'Results': 'build/report/results.ipynb', 'Claims': 'results/claims.ipynb', 'Deviations': 'nbs/deviations.ipynb'}
+DEFAULT_EXTRA = {'Results': 'build/report/results.ipynb', 'Claims': 'results/claims.ipynb',
+                 'Deviations': 'nbs/deviations.ipynb'}
 
 def _site_title(root: Path) -> str:
     cp = configparser.ConfigParser()
@@ -253,7 +261,8 @@ def _maker(root: Path, rel: str) -> str:
 
 def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = True, workers: int = 2,
                verbose: bool = True) -> Path:
-    "Build the offline HTML site of project `root` into `out` (relative to root). `extra` maps page title -> notebook/.md path; None = `DEFAULT_EXTRA`, the missing ones skipped."
+    """Build the offline HTML site of project `root` into `out` (relative to root). `extra` maps page title ->
+    notebook/.md path; None = `DEFAULT_EXTRA`, the missing ones skipped."""
     if root is None:
         from reclmis.core import project_root
         root = project_root()
@@ -264,7 +273,8 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
     extra = dict(DEFAULT_EXTRA if extra is None else extra)
     extras = []
     for t, p in extra.items():
-        p = Path(p); fp = p if p.is_absolute() else root/p
+        p = Path(p)
+        fp = p if p.is_absolute() else root/p
         if not fp.exists():
             rel = p.as_posix()
             msg = f"Extra docs page {t!r}: {fp} does not exist; {_maker(root, rel)}."
@@ -281,7 +291,8 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
     for t, fp in extras:
         href = _slug(t) + '.html'
         while href in used: href = '_' + href
-        used.add(href); pages.append(('Pipeline', t, href, fp))
+        used.add(href)
+        pages.append(('Pipeline', t, href, fp))
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     title = _site_title(root)
@@ -309,7 +320,8 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
     if index.exists() is False:
         _home_page(out/'index.html', title, nav_html(title, nav_items, 'index.html'), pages[1:])
     warnings = {h: w for h, _, w in results if w}
-    (out/'build_log.json').write_text(json.dumps({'pages': {h: round(dt, 2) for h, dt, _ in results}, 'warnings': warnings}, indent=1))
+    (out/'build_log.json').write_text(json.dumps({'pages': {h: round(dt, 2) for h, dt, _ in results},
+                                                  'warnings': warnings}, indent=1))
     if verbose:
         for h, dt, w in results: print(f'{h:28s} {dt:6.1f} s' + ('  WARNING: ' + w.strip().splitlines()[-1] if w else ''))
     return out
@@ -323,19 +335,24 @@ def _run_pages(root: Path, out: Path, nav: str, workers: int = 2) -> list:
         try: nb_to_html(f, out / href, nav, img_dir=f.parent)
         except (OSError, ValueError, KeyError) as e:
             w = f'{f} could not be converted: {type(e).__name__}: {e}'
-            _fallback_page(out / href, f.name, nav, w); return href, time.time() - t0, w
+            _fallback_page(out / href, f.name, nav, w)
+            return href, time.time() - t0, w
         return href, time.time() - t0, None
     with ThreadPoolExecutor(max(1, workers)) as ex: return list(ex.map(one, nbs))
 
 def _fallback_page(p: Path, label: str, nav: str, warning: str):
-    p.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(label)}</title>{_CSS}</head><body>{nav}'
-                 f'<div class="reclmis-page"><h1>{html.escape(label)}</h1><div class="reclmis-warning">{html.escape(warning)}</div></div></body></html>',
+    p.write_text(f'<!DOCTYPE html><html><head><meta '
+                 f'charset="utf-8"><title>{html.escape(label)}</title>{_CSS}</head><body>{nav}'
+                 f'<div class="reclmis-page"><h1>{html.escape(label)}</h1><div '
+                 f'class="reclmis-warning">{html.escape(warning)}</div></div></body></html>',
                  encoding='utf-8')
 
 def _home_page(p: Path, title: str, nav: str, pages):
     items = ''.join(f'<li><a href="{html.escape(h)}">{html.escape(l)}</a></li>' for _, l, h, _ in pages)
-    p.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{_CSS}</head><body>{nav}'
-                 f'<div class="reclmis-page" style="padding:8px 28px;font-family:system-ui,sans-serif"><h1>{html.escape(title)}</h1>'
+    p.write_text(f'<!DOCTYPE html><html><head><meta '
+                 f'charset="utf-8"><title>{html.escape(title)}</title>{_CSS}</head><body>{nav}'
+                 f'<div class="reclmis-page" style="padding:8px '
+                 f'28px;font-family:system-ui,sans-serif"><h1>{html.escape(title)}</h1>'
                  f'<ul>{items}</ul></div></body></html>', encoding='utf-8')
 
 # %% ../nbs/74_docs.ipynb #7de0ac45
@@ -343,13 +360,16 @@ def screenshot(html_path, png_path, width: int = 1280, height: int = 1600, timeo
     "Render `html_path` with headless Chromium into `png_path` (width x height px)."
     exe = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
     if exe is None:
-        raise RuntimeError("screenshot needs Chromium, which is not installed: run `apt-get install -y chromium` (Debian/Ubuntu).")
+        raise RuntimeError("screenshot needs Chromium, which is not installed: run `apt-get install -y chromium` "
+                           "(Debian/Ubuntu).")
     html_path, png_path = Path(html_path).resolve(), Path(png_path).resolve()
     if not html_path.exists(): raise FileNotFoundError(html_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='reclmis_chromium_') as ud:
-        cmd = [exe, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-               '--disable-sync', '--no-first-run', f'--user-data-dir={ud}', '--hide-scrollbars', f'--window-size={width},{height}',
+        cmd = [exe, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+               '--disable-component-update',
+               '--disable-sync', '--no-first-run', f'--user-data-dir={ud}', '--hide-scrollbars',
+               f'--window-size={width},{height}',
                f'--screenshot={png_path}', html_path.as_uri()]
         r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     if not png_path.exists():
@@ -358,12 +378,15 @@ def screenshot(html_path, png_path, width: int = 1280, height: int = 1600, timeo
 
 # %% ../nbs/74_docs.ipynb #7653f531
 def main(argv=None):
-    "CLI: `python -m reclmis.docs [--out _docs] [--root .] [--no-proc] [--extra Title=path ...] [--screenshot home.png]`."
+    """CLI: `python -m reclmis.docs [--out _docs] [--root .] [--no-proc] [--extra Title=path ...] [--screenshot
+    home.png]`."""
     import argparse
     ap = argparse.ArgumentParser(prog='python -m reclmis.docs', description='Build the offline HTML docs site.')
-    ap.add_argument('--out', default='_docs'); ap.add_argument('--root', default=None)
+    ap.add_argument('--out', default='_docs')
+    ap.add_argument('--root', default=None)
     ap.add_argument('--no-proc', action='store_true', help="skip nbdev's processors (no rendered show_doc)")
-    ap.add_argument('--extra', nargs='*', default=None, help='Title=path pages (default: Results and Deviations when present)')
+    ap.add_argument('--extra', nargs='*', default=None,
+                    help='Title=path pages (default: Results and Deviations when present)')
     ap.add_argument('--screenshot', default=None, help='also save a PNG of the home page here')
     a = ap.parse_args(argv)
     extra = None if a.extra is None else dict(e.split('=', 1) for e in a.extra)

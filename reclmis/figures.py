@@ -17,9 +17,10 @@ def palette_image(rgb, colors: int = 256, grey_levels: int = 64, grey_tol: int =
     channels differ by at most `grey_tol` (nearest grey, within 255 / (2 (grey_levels - 1)) levels), median-cut colours
     (the other `colors - grey_levels` entries) for the rest, each mapped to its nearest palette colour."""
     from PIL import Image
-    if not 2 <= grey_levels < colors <= 256: raise ValueError(f"need 2 <= grey_levels < colors <= 256, got {grey_levels} and {colors}")
+    if not 2 <= grey_levels < colors <= 256: raise ValueError(f"need 2 <= grey_levels < colors <= 256, got "
+                                                              f"{grey_levels} and {colors}")
     a = np.asarray(rgb)
-    if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8: raise ValueError(f"expected uint8 [H,W,3] RGB, got {a.dtype} {list(a.shape)}")
+    if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8: raise ValueError(f"expected uint8 [H,W,3] RGB, got " f"{a.dtype} {list(a.shape)}")
     flat = a.reshape(-1, 3).astype(np.int32)
     grey = (flat.max(1) - flat.min(1)) <= grey_tol
     idx = np.empty(len(flat), np.uint8)
@@ -31,18 +32,24 @@ def palette_image(rgb, colors: int = 256, grey_levels: int = 64, grey_tol: int =
         q = Image.fromarray(col.astype(np.uint8)[None]).quantize(k, method=Image.Quantize.MEDIANCUT)
         cp = np.array(q.getpalette()[:3 * k], np.int32).reshape(-1, 3)
         u, inv = np.unique(col, axis=0, return_inverse=True)       # map each distinct colour once, in chunks
-        near = np.concatenate([((u[i:i + 4096, None] - cp[None]) ** 2).sum(-1).argmin(1) for i in range(0, len(u), 4096)])
+        near = np.concatenate([((u[i:i + 4096,
+                                   None] - cp[None]) ** 2).sum(-1).argmin(1) for i in range(0, len(u), 4096)])
         idx[~grey] = grey_levels + near[inv.ravel()]
         pal = np.concatenate([pal, cp])
-    out = Image.fromarray(idx.reshape(a.shape[:2]), 'P'); out.putpalette(pal.astype(np.uint8).ravel().tolist())
+    out = Image.fromarray(idx.reshape(a.shape[:2]), 'P')
+    out.putpalette(pal.astype(np.uint8).ravel().tolist())
     return out
 
 def save_figure(fig, path, dpi: int = 110, colors: int = 256, grey_levels: int = 64) -> Path:
-    "Save a matplotlib figure to `path` as a palette PNG (`palette_image`: exact-ish greys, median-cut colours); creates the folder."
+    """Save a matplotlib figure to `path` as a palette PNG (`palette_image`: exact-ish greys, median-cut colours);
+    creates the folder."""
     import io
     from PIL import Image
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO(); fig.savefig(buf, dpi=dpi, format='png'); buf.seek(0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format='png')
+    buf.seek(0)
     from reclmis.safeio import atomic_write   # (safeio imports core: a late import)
     im = palette_image(Image.open(buf).convert('RGB'), colors, grey_levels)
     atomic_write(path, lambda t: im.save(t, format='PNG', optimize=True))
@@ -55,7 +62,8 @@ def _grey(img, size: int | None = None) -> np.ndarray:
     if a.ndim == 3: a = a.mean(0)
     if size and a.shape[-1] != size:
         import torch
-        a = torch.nn.functional.interpolate(torch.tensor(a)[None, None], size=(size, size), mode='bilinear')[0, 0].numpy()
+        a = torch.nn.functional.interpolate(torch.tensor(a)[None, None], size=(size, size),
+                                            mode='bilinear')[0, 0].numpy()
     return a
 
 def draw_overlay(ax, img, pred=None, target=None, threshold: float = 0.5, title: str = '', fontsize: int = 7):
@@ -70,18 +78,24 @@ def draw_overlay(ax, img, pred=None, target=None, threshold: float = 0.5, title:
     if target is not None and np.asarray(target).any():
         ax.contour(np.asarray(target, dtype=np.float32), levels=[0.5], colors='lime', linewidths=1.1)
     if title: ax.set_title(title, fontsize=fontsize)
-    ax.set_xticks([]); ax.set_yticks([])
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 # %% ../nbs/70_figures.ipynb #59ec5b1f
 def _plt():
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     return plt
 
 def plot_overlays(split, prob, dice: np.ndarray, n: int, path, title: str = '', threshold: float = 0.5):
     "Save a grid of `n` test images of `split` with note, ground-truth contour, predicted mask (`prob`) and Dice."
     plt = _plt()
-    n = min(n, len(split)); order = np.argsort(-dice); pick = order[np.linspace(0, len(order) - 1, n).round().astype(int)]
-    cols = min(4, n); rows = int(np.ceil(n / cols))
+    n = min(n, len(split))
+    order = np.argsort(-dice)
+    pick = order[np.linspace(0, len(order) - 1, n).round().astype(int)]
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
     fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.9 * rows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     target = split.extra.get('masks_eval', split.masks)
@@ -90,12 +104,16 @@ def plot_overlays(split, prob, dice: np.ndarray, n: int, path, title: str = '', 
         draw_overlay(ax, split.images[i].float().numpy(), prob[i].numpy(), target[i].numpy(), threshold,
                      '\n'.join(textwrap.wrap(note, 34)[:4]) + f'\nDice {dice[i]:.2f}')
     fig.suptitle(f'{title}  (green contour: ground truth, yellow fill: prediction)', fontsize=9)
-    fig.tight_layout(); save_figure(fig, path); plt.close(fig)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
 
 def plot_counterfactual(te, prob, cf, pcf, n: int, path, title: str = '', threshold: float = 0.5, known: bool = True):
-    "For `n` counterfactual images: the prediction with the original note (top) and with the counterfactual note (bottom)."
+    """For `n` counterfactual images: the prediction with the original note (top) and with the counterfactual note
+    (bottom)."""
     plt = _plt()
-    n = min(n, len(cf)); pick = np.linspace(0, len(cf) - 1, n).round().astype(int) if n else []
+    n = min(n, len(cf))
+    pick = np.linspace(0, len(cf) - 1, n).round().astype(int) if n else []
     pos = {name: i for i, name in enumerate(te.names)}
     fig, axs = plt.subplots(2, max(n, 1), figsize=(2.6 * max(n, 1), 6.8), squeeze=False)
     for ax in axs.flat: ax.axis('off')
@@ -110,7 +128,9 @@ def plot_counterfactual(te, prob, cf, pcf, n: int, path, title: str = '', thresh
                          threshold, head + '\n'.join(textwrap.wrap(note.split(', ')[-1], 30)[:3]))
     how = 'a note naming only the undescribed opacities' if known else "the note with 'left' and 'right' swapped (no target exists)"
     fig.suptitle(f'{title}\n(top: the test note; bottom: {how}; green: target, yellow: prediction)', fontsize=8)
-    fig.tight_layout(); save_figure(fig, path); plt.close(fig)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
 
 def plot_curves(history: list[dict], path, title: str = ''):
     "Training loss and validation Dice per epoch."
@@ -118,6 +138,14 @@ def plot_curves(history: list[dict], path, title: str = ''):
     ep = [h['epoch'] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for k in [k for k in history[0] if k.startswith('train_')]: a.plot(ep, [h[k] for h in history], label=k[6:])
-    a.set_xlabel('epoch'); a.set_title('training losses'); a.legend(fontsize=7); a.set_yscale('log')
-    b.plot(ep, [h['val_dice'] for h in history], 'o-'); b.set_xlabel('epoch'); b.set_title('validation Dice (official, hard)')
-    fig.suptitle(title, fontsize=9); fig.tight_layout(); save_figure(fig, path); plt.close(fig)
+    a.set_xlabel('epoch')
+    a.set_title('training losses')
+    a.legend(fontsize=7)
+    a.set_yscale('log')
+    b.plot(ep, [h['val_dice'] for h in history], 'o-')
+    b.set_xlabel('epoch')
+    b.set_title('validation Dice (official, hard)')
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

@@ -40,15 +40,19 @@ def module_closure(entries, root=None) -> list[str]:
         m = todo.pop()
         f = root / (m.replace('.', '/') + '.py')
         if m in seen or not f.exists(): continue
-        seen.add(m); todo += sorted(module_imports(f))
+        seen.add(m)
+        todo += sorted(module_imports(f))
     return sorted({(m.replace('.', '/') + '.py') for m in seen} | {'reclmis/__init__.py'})
 
 def code_hash(entries=('reclmis.pipeline',)) -> str:
-    "A short hash of the installed source of `entries` and every module they import (what a trained checkpoint depends on)."
+    """A short hash of the installed source of `entries` and every module they import (what a trained checkpoint depends
+    on)."""
     import reclmis
     root = Path(reclmis.__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for f in module_closure(entries, root): h.update(f.encode()); h.update((root / f).read_bytes())
+    for f in module_closure(entries, root):
+        h.update(f.encode())
+        h.update((root / f).read_bytes())
     return h.hexdigest()[:16]
 
 # %% ../nbs/61_graph.ipynb #6d59b32c
@@ -57,13 +61,16 @@ CLI_ENTRIES = {'fetch': 'reclmis.pipeline', 'prepare': 'reclmis.pipeline', 'enco
                'studies': 'reclmis.study'}
 
 def stage_code(cmd: str, root=None) -> list[str]:
-    "The project files a stage command `cmd` runs: the notebook papermill executes and the modules it imports, or the CLI."
+    """The project files a stage command `cmd` runs: the notebook papermill executes and the modules it imports, or the
+    CLI."""
     root = Path(root or project_root())
     files, entries = set(), set()
     for nb in re.findall(r'papermill\s.*?(\S+\.ipynb)', cmd):
-        files.add(nb); entries |= module_imports(root / nb)
+        files.add(nb)
+        entries |= module_imports(root / nb)
     for sub in re.findall(r'(?:^|&&\s*|;\s*)reclmis(?:\s+--\S+(?:\s+(?!fetch|prepare|encode|train|evaluate|docs)\S+)?)*\s+(\w+)', cmd):
-        files.add('reclmis/cli.py'); entries.add(CLI_ENTRIES.get(sub, 'reclmis.cli'))
+        files.add('reclmis/cli.py')
+        entries.add(CLI_ENTRIES.get(sub, 'reclmis.cli'))
     return sorted(files | set(module_closure(entries, root))) if entries or files else []
 
 # %% ../nbs/61_graph.ipynb #0386decf
@@ -74,7 +81,8 @@ def _stages(dvc_yaml: Path) -> dict:
 def check_stage_deps(dvc_yaml='dvc.yaml', root=None) -> dict:
     """For every stage of `dvc_yaml` (paths relative to the stage's `wdir`): the project files its command runs that
     its `deps` do not list (a dep on a folder covers the files in it). Empty lists everywhere = the graph is truthful."""
-    root = Path(root or project_root()); f = root / dvc_yaml
+    root = Path(root or project_root())
+    f = root / dvc_yaml
     out = {}
     for name, s in _stages(f).items():
         wdir = (f.parent / s.get('wdir', '.')).resolve()

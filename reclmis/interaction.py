@@ -13,7 +13,8 @@ __all__ = ['sincos_2d', 'ConditionedInteraction', 'InterestHead']
 
 # %% ../nbs/32_interaction.ipynb #02caff6f
 def sincos_2d(n_patches: int, dim: int, temperature: float = 10000.) -> torch.Tensor:
-    "2-D sine-cosine position table [n_patches, dim] for a square grid (MAE's): a quarter of the channels each for sin/cos of y/x."
+    """2-D sine-cosine position table [n_patches, dim] for a square grid (MAE's): a quarter of the channels each for
+    sin/cos of y/x."""
     side = int(round(n_patches ** 0.5))
     if side * side != n_patches: raise ValueError(f"{n_patches} patches are not a square grid")
     q = dim // 4
@@ -33,8 +34,10 @@ class ConditionedInteraction(nn.Module):
                  pos_init: str = 'zeros'):      # official 'zeros'; 'sincos' = 2-D sine-cosine table (patches know where they are)
         super().__init__()
         self.proj = nn.Conv2d(dim, dim, 1)
-        if pos_init not in ('zeros', 'sincos'): raise ValueError(f"pos_init must be 'zeros' or 'sincos', got {pos_init!r}")
-        self.pos = nn.Parameter(torch.zeros(1, n_patches, dim) if pos_init == 'zeros' else sincos_2d(n_patches, dim)[None])
+        if pos_init not in ('zeros',
+                            'sincos'): raise ValueError(f"pos_init must be 'zeros' or 'sincos', got {pos_init!r}")
+        self.pos = nn.Parameter(torch.zeros(1, n_patches,
+                                            dim) if pos_init == 'zeros' else sincos_2d(n_patches, dim)[None])
         self.drop = nn.Dropout(dropout)
         self.mha_t = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.mha_v = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
@@ -46,8 +49,10 @@ class ConditionedInteraction(nn.Module):
 
     def forward(self, f, text, text_mask=None, need_weights: bool = False):
         if f.shape[2] * f.shape[3] != self.n_patches:
-            raise ValueError(f"bottleneck {tuple(f.shape[2:])} has {f.shape[2] * f.shape[3]} patches but the CI was built for "
-                             f"{self.n_patches}: build the model with the image size it is run at (datasets.<ds>.img_size)")
+            raise ValueError(f"bottleneck {tuple(f.shape[2:])} has {f.shape[2] * f.shape[3]} patches but the CI was "
+                             f"built for "
+                             f"{self.n_patches}: build the model with the image size it is run at "
+                             f"(datasets.<ds>.img_size)")
         v0 = self.drop(self.proj(f).flatten(2).transpose(1, 2) + self.pos)
         t1, a_t = self.mha_t(text, v0, v0, need_weights=need_weights)
         kpm = ~text_mask.bool() if (self.mask_padding and text_mask is not None) else None
@@ -57,7 +62,8 @@ class ConditionedInteraction(nn.Module):
 
 # %% ../nbs/32_interaction.ipynb #d785a9b6
 class InterestHead(nn.Module):
-    "Scores one sequence: Dropout -> Linear(D,D) -> ReLU -> Linear(D,1) -> (masked) softmax. x [B,S,D], mask [B,S] -> [B,S] summing to 1."
+    """Scores one sequence: Dropout -> Linear(D,D) -> ReLU -> Linear(D,1) -> (masked) softmax. x [B,S,D], mask [B,S] ->
+    [B,S] summing to 1."""
     def __init__(self, dim: int = 512, dropout: float = 0.0):
         super().__init__()
         self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))

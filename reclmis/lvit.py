@@ -30,16 +30,20 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         x = self.proj(x).flatten(2).transpose(1, 2)
         if x.shape[1] != self.pos.shape[1]:
-            raise ValueError(f"{x.shape[1]} patches but the model was built for {self.pos.shape[1]}: build it with the image size it runs at")
+            raise ValueError(f"{x.shape[1]} patches but the model was built for {self.pos.shape[1]}: build it with "
+                             f"the image size it runs at")
         return self.drop(x + self.pos)
 
 class ViTMLP(nn.Module):
-    "LViT's MLP: Linear(d, 4d) -> GELU -> dropout -> Linear(4d, d) -> GELU -> dropout (GELU after both, as the official code)."
+    """LViT's MLP: Linear(d, 4d) -> GELU -> dropout -> Linear(4d, d) -> GELU -> dropout (GELU after both, as the
+    official code)."""
     def __init__(self, dim: int, ratio: float = 4.0, dropout: float = 0.1):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, int(dim * ratio)), nn.Linear(int(dim * ratio), dim)
         self.drop = nn.Dropout(dropout)
-        for fc in (self.fc1, self.fc2): nn.init.xavier_uniform_(fc.weight); nn.init.normal_(fc.bias, std=1e-6)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.normal_(fc.bias, std=1e-6)
 
     def forward(self, x): return self.drop(F.gelu(self.fc2(self.drop(F.gelu(self.fc1(x))))))
 
@@ -47,7 +51,8 @@ class ViTBlock(nn.Module):
     "Pre-LN transformer block: x + MHSA(LN(x)); x + MLP(LN(x)). [B,S,d] -> [B,S,d]"
     def __init__(self, dim: int, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1):
         super().__init__()
-        if dim % heads: raise ValueError(f"LViT: stage width {dim} is not divisible by heads={heads}; use a width that is a multiple of it")
+        if dim % heads: raise ValueError(f"LViT: stage width {dim} is not divisible by heads={heads}; use a width "
+                                         f"that is a multiple of it")
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp, self.heads = ViTMLP(dim, mlp_ratio, dropout), heads
@@ -62,14 +67,16 @@ class ViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 class Reconstruct(nn.Module):
-    "Tokens back to a feature map: [B,S,d] -> reshape -> nearest upsample x`scale` -> Conv1x1 -> BN -> ReLU -> [B,d,H,W]"
+    """Tokens back to a feature map: [B,S,d] -> reshape -> nearest upsample x`scale` -> Conv1x1 -> BN -> ReLU ->
+    [B,d,H,W]"""
     def __init__(self, dim: int, scale: int):
         super().__init__()
         self.scale = scale
         self.conv = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
 
     def forward(self, y):
-        B, S, D = y.shape; s = int(round(S ** 0.5))
+        B, S, D = y.shape
+        s = int(round(S ** 0.5))
         return self.conv(F.interpolate(y.transpose(1, 2).reshape(B, D, s, s), scale_factor=self.scale, mode='nearest'))
 
 # %% ../nbs/36_lvit.ipynb #ec01d21e
@@ -128,7 +135,8 @@ class LViT(nn.Module):
     def forward(self, image, text=None, text_mask=None):
         if text is None: raise ValueError("LViT needs the note's token features: model(image, text, text_mask)")
         if text.shape[1] < self.text_tokens:
-            raise ValueError(f"LViT reads the first {self.text_tokens} tokens but got {text.shape[1]}: set text.token_len >= {self.text_tokens}")
+            raise ValueError(f"LViT reads the first {self.text_tokens} tokens but got {text.shape[1]}: set "
+                             f"text.token_len >= {self.text_tokens}")
         feats = self.backbone.encode(image)                          # x1, f1, f2, f3, f4
         t = self.text_in(text[:, :self.text_tokens]).transpose(1, 2)
         for conv in self.text_convs: t = conv(t)                      # t4, t3, t2, t1 (the official code computes all four)

@@ -73,17 +73,20 @@ def _safe_div(num, den, zero=0.0):
     return out
 
 def dice_a(counts, eps=EPS) -> np.ndarray:
-    "Protocol A per-image Dice 2TP/(2TP+FP+FN+eps) = 2|P∩G|/(|P|+|G|+1e-5) (official test code); float64 [N]. Empty/empty -> 0."
+    """Protocol A per-image Dice 2TP/(2TP+FP+FN+eps) = 2|P∩G|/(|P|+|G|+1e-5) (official test code); float64 [N].
+    Empty/empty -> 0."""
     tp, fp, fn, _ = _as_counts(counts).T.astype(np.float64)
     return 2 * tp / (2 * tp + fp + fn + eps)
 
 def iou_a(counts) -> np.ndarray:
-    "Protocol A per-image foreground IoU TP/(TP+FP+FN) = `sklearn.metrics.jaccard_score(G.flatten(), P.flatten())`; float64 [N]. Empty/empty -> 0 (sklearn's zero_division)."
+    """Protocol A per-image foreground IoU TP/(TP+FP+FN) = `sklearn.metrics.jaccard_score(G.flatten(), P.flatten())`;
+    float64 [N]. Empty/empty -> 0 (sklearn's zero_division)."""
     tp, fp, fn, _ = _as_counts(counts).T
     return _safe_div(tp, tp + fp + fn)
 
 def dice_val(counts, eps=EPS) -> np.ndarray:
-    "Validation Dice of the official training loop (model selection): (2TP+eps)/(2TP+FP+FN+eps); float64 [N]. Empty/empty -> 1."
+    """Validation Dice of the official training loop (model selection): (2TP+eps)/(2TP+FP+FN+eps); float64 [N].
+    Empty/empty -> 1."""
     tp, fp, fn, _ = _as_counts(counts).T.astype(np.float64)
     return (2 * tp + eps) / (2 * tp + fp + fn + eps)
 
@@ -98,7 +101,8 @@ def iou_b(counts, zero_division=0.0) -> float:
     return float(_safe_div(tp, tp + fp + fn, zero_division))
 
 def miou_class(counts, zero_division=0.0) -> float:
-    "Class-mean IoU (paper Eq. 12): mean of background IoU ΣTN/(ΣTN+ΣFP+ΣFN) and foreground IoU ΣTP/(ΣTP+ΣFP+ΣFN), whole set."
+    """Class-mean IoU (paper Eq. 12): mean of background IoU ΣTN/(ΣTN+ΣFP+ΣFN) and foreground IoU ΣTP/(ΣTP+ΣFP+ΣFN),
+    whole set."""
     tp, fp, fn, tn = _as_counts(counts).sum(0)
     fg = _safe_div(tp, tp + fp + fn, zero_division)
     bg = _safe_div(tn, tn + fp + fn, zero_division)
@@ -106,7 +110,8 @@ def miou_class(counts, zero_division=0.0) -> float:
 
 # %% ../nbs/50_metrics.ipynb #c368069b
 def summarize(counts) -> dict:
-    "Protocol A/B metrics and class-mean IoU as plain Python floats (JSON-serialisable), with `n_images`, `n_empty_target`."
+    """Protocol A/B metrics and class-mean IoU as plain Python floats (JSON-serialisable), with `n_images`,
+    `n_empty_target`."""
     c = _as_counts(counts)
     if len(c) == 0: raise ValueError("summarize needs at least one image")
     return dict(dice_a=float(dice_a(c).mean()), iou_a=float(iou_a(c).mean()),
@@ -120,13 +125,15 @@ class MetricAccumulator:
         self.threshold, self._counts, self._names = threshold, [], []
 
     def update(self, pred_batch, target_batch, names=None):
-        "Add a batch ([N,H,W] or [H,W], numpy or torch); optional `names` (one per image) label the rows. Returns the batch counts."
+        """Add a batch ([N,H,W] or [H,W], numpy or torch); optional `names` (one per image) label the rows. Returns the
+        batch counts."""
         c = confusion_counts(pred_batch, target_batch, threshold=self.threshold)
         if names is None: names = [None] * len(c)
         elif isinstance(names, str): names = [names]
         names = list(names)
         if len(names) != len(c): raise ValueError(f"got {len(names)} names for a batch of {len(c)} images")
-        self._counts.append(c); self._names.extend(names)
+        self._counts.append(c)
+        self._names.extend(names)
         return c
 
     @property

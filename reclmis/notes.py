@@ -144,7 +144,8 @@ def read_zones(text: str) -> list[int]:
         kind, v = _WORDS.get(w, (None, None))
         if kind is None: continue
         if sides and levels and (kind == 'S' or last == 'S'):      # a side, or a level after a finished 'levels side'
-            clauses.append((sides, levels)); sides, levels = set(), set()
+            clauses.append((sides, levels))
+            sides, levels = set(), set()
         last = kind
         if kind == 'S': sides |= {0, 1} if v == 2 else {v}
         elif kind == 'L': levels.add(v)
@@ -157,14 +158,17 @@ def read_zones(text: str) -> list[int]:
 
 # %% ../nbs/21_notes.ipynb #31b79df9
 def paraphrases(note: str, k: int, seed: int = 0, templates: dict = TRAIN) -> list[str]:
-    "`k` phrasings of `note` (repeats when the templates allow fewer), seeded by `seed` and the note; [] outside the grammar."
+    """`k` phrasings of `note` (repeats when the templates allow fewer), seeded by `seed` and the note; [] outside the
+    grammar."""
     zs = structure(note)
     if zs is None or k <= 0: return []
     rng = np.random.default_rng([seed, zlib.crc32(note.encode()), 0 if templates is TRAIN else 1])
     out, seen = [], set()
     for _ in range(20 * k):
         t = phrase(zs, rng, templates)
-        if t not in seen and t != note: seen.add(t); out.append(t)
+        if t not in seen and t != note:
+            seen.add(t)
+            out.append(t)
         if len(out) == k: break
     while len(out) < k and out: out.append(out[len(out) % len(seen)])
     return out

@@ -33,13 +33,15 @@ def knob(shipped, doc: str, *, official=MISSING, rule: str | None = None, why: s
 @dataclass
 class RunParams:
     "What the default pipeline runs, and where."
-    datasets: list[str] = knob(['synth'], "datasets the pipeline runs (a dvc matrix axis); QaTa: -S 'run.datasets=[synth,qata]'")
+    datasets: list[str] = knob(['synth'],
+                               "datasets the pipeline runs (a dvc matrix axis); QaTa: -S 'run.datasets=[synth,qata]'")
     models: list[str] = knob(['unet', 'reclmis'], 'models or variants trained and evaluated on every dataset')
     seeds: list[int] = knob([3407], "training seeds, one run each; e.g. -S 'run.seeds=[3407,1,7]'", rule='>= 0')
     study_datasets: list[str] = knob(['synth', 'qata', 'monuseg'],
                                      'datasets the study pipeline (studies/dvc.yaml) fetches and prepares')
     device: Literal['auto', 'cpu', 'cuda'] = knob('auto', 'auto | cpu | cuda')
-    threads: int = knob(2, 'torch CPU threads (0: torch default); results are bit-reproducible at one count', rule='>= 0')
+    threads: int = knob(2, 'torch CPU threads (0: torch default); results are bit-reproducible at one count',
+                        rule='>= 0')
     nproc: int = knob(1, 'training processes per run; > 1: the train stage launches torchrun (DDP)', rule='>= 1')
     seed: int = knob(3407, 'data and statistics seed (subsets, counterfactual notes, bootstrap)', official=3407,
                      rule='>= 0')
@@ -71,7 +73,8 @@ class SynthParams:
 @dataclass
 class DatasetParams:
     "One entry under `datasets`; only `kind` is required, the other keys default to the values below."
-    kind: Literal['synth', 'qata', 'lvit'] = knob('synth', "synth | qata | lvit (LViT's {Train,Val,Test}_Folder layout)")
+    kind: Literal['synth', 'qata', 'lvit'] = knob('synth',
+                                                  "synth | qata | lvit (LViT's {Train,Val,Test}_Folder layout)")
     mirror: str = knob('', 'sub-folder of fetch.source holding this dataset (and its MANIFEST.json)')
     img_size: int = knob(64, 'training and inference size (px)', official=224, rule='>= 16')
     eval_size: int = knob(0, 'size the metrics are computed at (0: img_size)', official=224, rule='>= 0')
@@ -136,7 +139,8 @@ class ReclmisParams(_RecLMISLoss):
     heads: int = knob(4, 'CI attention heads (the code: num_heads // 2)', official=4, rule='>= 1')
     ci_dropout: float = knob(0.1, 'CI attention dropout', official=0.1, rule='[0, 1)')
     ci_mask_padding: bool = knob(False, "the CI's patch-to-text attention ignores padded token slots", official=False)
-    ci_init_gain: float = knob(2.0, 'gain of the initial CI query/key projections (1: xavier)', official=1.0, rule='> 0',
+    ci_init_gain: float = knob(2.0, 'gain of the initial CI query/key projections (1: xavier)', official=1.0,
+                               rule='> 0',
                                why='text uptake: at gain 1 some seeds start reading the note late (uptake study)')
     ci_pos_init: Literal['zeros', 'sincos'] = knob('sincos', 'start of the CI position embedding: zeros | sincos (2-D)',
                                                    official='zeros', why='read the note at 8 of 8 seeds vs 7 of 8')
@@ -184,11 +188,13 @@ class ReclmisParams(_RecLMISLoss):
 class LViTParams(_LViTLoss):
     "LViT (reclmis.lvit.LViT; nets/LViT.py): field names are its constructor arguments."
     width: int = knob(16, 'base channels (ViT stage widths w, 2w, 4w, 8w)', official=64, rule='>= 1', why=_CPU)
-    text_tokens: int = knob(10, 'the first text tokens LViT reads (needs text.token_len >= it)', official=10, rule='>= 1')
+    text_tokens: int = knob(10, 'the first text tokens LViT reads (needs text.token_len >= it)', official=10,
+                            rule='>= 1')
     bert_dim: int = knob(768, 'BERT width the text features are projected to', official=768, rule='>= 1')
     heads: int = knob(8, 'ViT attention heads', official=8, rule='>= 1')
     dropout: float = knob(0.1, 'ViT dropout', official=0.1, rule='[0, 1)')
-    unused_modules: bool = knob(True, 'build the modules the forward never calls (parameter-count parity)', official=True)
+    unused_modules: bool = knob(True, 'build the modules the forward never calls (parameter-count parity)',
+                                official=True)
 
 @dataclass
 class TMCAParams(_OwnLoss):
@@ -199,7 +205,8 @@ class TMCAParams(_OwnLoss):
     mlca: bool = knob(True, 'multi-level alignment over align_levels encoder stages (false: bottleneck only)')
     lgte: bool = knob(True, 'language-guided target enhancement (false: the note never reaches the segmentation)')
     align_levels: int = knob(3, 'deepest encoder stages aligned when mlca is on', rule='>= 1')
-    lgte_stages: int = knob(2, 'enhancement at the bottleneck and the first lgte_stages - 1 decoder stages', rule='>= 1')
+    lgte_stages: int = knob(2, 'enhancement at the bottleneck and the first lgte_stages - 1 decoder stages',
+                            rule='>= 1')
     align_dim: int = knob(64, 'shared embedding width of the alignment heads', rule='>= 1')
     align_temperature: float = knob(0.07, 'alignment temperature', rule='> 0')
     align_weight: float = knob(0.2, "weight of the alignment loss (RecLMIS's CCL weight)", rule='>= 0')
@@ -225,7 +232,8 @@ class TextParams:
         'auto', 'tokens per note (official MoNuSeg: 10); auto = the longest training note, capped by the encoder',
         official=18, rule='>= 2', why="18 tokens cut 1305 of QaTa-COV19's 2113 test notes (the second lung's zones)")
     paraphrases: int = knob(16, 'phrasings encoded per structured note (reclmis.notes): augmentation and probe',
-                            official=0, rule='>= 0', why='the held-out paraphrase probe and train.note_augment need them')
+                            official=0, rule='>= 0',
+                            why='the held-out paraphrase probe and train.note_augment need them')
     pad_eof: bool = knob(True, "notes under eof_min_words words get ' EOF XXX' appended (real tokens)", official=True)
     eof_min_words: int = knob(9, 'the word count under which pad_eof appends', official=9, rule='>= 0')
     batch_size: int = knob(64, 'notes per encoder forward', rule='>= 1')
@@ -452,7 +460,8 @@ def check_params(p: Params) -> Params:
     for n, s in p.studies.items():
         _check_runs(p, f'studies.{n}', s.datasets, s.models)
         if set(s.datasets) - set(p.run.study_datasets):
-            raise ParamsError(f"params key 'studies.{n}.datasets' names {sorted(set(s.datasets) - set(p.run.study_datasets))}"
+            raise ParamsError(f"params key 'studies.{n}.datasets' names "
+                              f"{sorted(set(s.datasets) - set(p.run.study_datasets))}"
                               ", which the study pipeline does not prepare: add them to 'run.study_datasets'")
     for n, ds in p.datasets.items(): _check_dataset(n, ds)
     r = p.model.reclmis
@@ -479,11 +488,13 @@ def _merge(a: dict, b: dict) -> dict:
 def dataset_params(p: Params, dataset: str) -> DatasetParams:
     "The `datasets.<dataset>` section; an unknown name is a ParamsError listing the defined ones."
     if dataset not in p.datasets:
-        raise ParamsError(f"unknown dataset '{dataset}'; defined under 'datasets' in params.yaml: {', '.join(p.datasets)}")
+        raise ParamsError(f"unknown dataset '{dataset}'; defined under 'datasets' in params.yaml: "
+                          f"{', '.join(p.datasets)}")
     return p.datasets[dataset]
 
 def base_model(p: Params, model: str) -> str:
-    "The model class behind `model`: itself for one of MODELS, the `base` of a variant; unknown names are a ParamsError."
+    """The model class behind `model`: itself for one of MODELS, the `base` of a variant; unknown names are a
+    ParamsError."""
     if model in MODELS: return model
     if model in p.variants: return p.variants[model].base
     raise ParamsError(f"unknown model '{model}'; known models: {', '.join(MODELS)}; "
@@ -534,7 +545,8 @@ def missing_keys(d: dict, cls=None, prefix: str = '') -> list[str]:
     """The dotted keys a params mapping `d` lacks. Every key of every fixed section is required (a default that is
     not written down is a hidden default); `variants` and `studies` may be absent; a named entry needs only the keys
     of `_NAMED_REQUIRED` (the others have documented defaults: see the dataclasses above)."""
-    cls = cls or Params; out = []
+    cls = cls or Params
+    out = []
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         key, t = prefix + f.name, hints[f.name]
@@ -564,7 +576,8 @@ def load_params(path: str | Path | None = None) -> Params:
     """Read and validate `params.yaml` (default: the project's): valid YAML, every key present, known keys, types,
     ranges (`RANGES`), names, enums, and each dataset's and variant's overrides. Every error names the key and file."""
     path = Path(path) if path else project_root()/'params.yaml'
-    if not path.exists(): raise FileNotFoundError(f"params file {path} not found; run from the project root or pass its path")
+    if not path.exists(): raise FileNotFoundError(f"params file {path} not found; run from the project root or pass "
+                                                  f"its path")
     try: text = path.read_text()
     except (OSError, UnicodeDecodeError) as e: raise ParamsError(f"params file {path} cannot be read ({e})") from e
     try: d = yaml.safe_load(text)
@@ -610,7 +623,9 @@ def _with_comment(head: str, comment: str, width: int, col: int) -> list[str]:
     col = max(col, len(head) + 1)
     lines, cur = [], ''
     for w in comment.split():
-        if cur and col + 2 + len(cur) + 1 + len(w) > width: lines.append(cur); cur = w
+        if cur and col + 2 + len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
         else: cur = f'{cur} {w}' if cur else w
     lines.append(cur)
     return [head.ljust(col) + '# ' + lines[0]] + [' ' * col + '# ' + x for x in lines[1:]]
@@ -621,14 +636,19 @@ def sync_params_yaml(text: str, width: int = 120, col: int = 23) -> str:
     docs = {k: f for k, f, _ in knobs() if k.split('.')[0] in FIXED_SECTIONS}
     out, path, cont = [], [], False
     for line in text.splitlines():
-        s = line.lstrip(' '); ind = len(line) - len(s)
+        s = line.lstrip(' ')
+        ind = len(line) - len(s)
         if cont and s.startswith('#') and ind > 0: continue        # a continuation of a regenerated comment
         cont = False
         m = re.match(r'([A-Za-z_][\w-]*):(.*)$', s)
-        if not m: out.append(line); continue
+        if not m:
+            out.append(line)
+            continue
         path[ind // 2:] = [m.group(1)]
         key = '.'.join(path)
-        if key not in docs: out.append(line); continue
+        if key not in docs:
+            out.append(line)
+            continue
         val = re.split(r'\s+#', m.group(2), maxsplit=1)[0].strip()
         out += _with_comment(f"{' ' * ind}{m.group(1)}:{' ' + val if val else ''}", knob_comment(docs[key]), width, col)
         cont = True

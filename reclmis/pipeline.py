@@ -35,7 +35,8 @@ def paths(root, dataset: str, model: str | None = None, seed: int | None = None,
     """Every file a stage reads or writes, in one place. Data: `build/<ds>`, `results/<ds>` (`build/studies/<ds>`,
     `results/studies/<ds>` when `study` is given, '' for the study pipeline's data stages). A run of `model` (a model
     or variant name) with `seed`: `build/<ds>/<model>/s<seed>`, `results/<ds>/<model>/s<seed>` (under `studies/<study>/`)."""
-    root = Path(root); sp = ('studies',) if study is not None else ()
+    root = Path(root)
+    sp = ('studies',) if study is not None else ()
     b, r = root.joinpath('build', *sp, dataset), root.joinpath('results', *sp, dataset)
     d = dict(raw=b / 'raw', index=b / 'index.csv', prepared=b / 'prepared', data_json=r / 'data.json',
              notes=b / 'prepared' / 'notes.json', test_cf=b / 'prepared' / 'test_cf.npz', bank=b / 'text' / 'bank.pt',
@@ -45,7 +46,8 @@ def paths(root, dataset: str, model: str | None = None, seed: int | None = None,
         if study: b, r = root / 'build' / 'studies' / study / dataset, root / 'results' / 'studies' / study / dataset
         rb, rr = b / model / f's{seed}', r / model / f's{seed}'
         d['lock'] = root / 'build' / '.locks' / f"{study or 'default'}-{dataset}-{model}-s{seed}.lock"   # safeio.RunLock
-        d.update(ckpt=rb / 'ckpt', results=rr, live=rr / 'live', train_json=rr / 'train.json', metrics=rr / 'metrics.json',
+        d.update(ckpt=rb / 'ckpt', results=rr, live=rr / 'live', train_json=rr / 'train.json',
+                 metrics=rr / 'metrics.json',
                  per_image=rr / 'per_image.csv', overlays=rr / 'overlays.png', curves=rr / 'curves.png',
                  cf_png=rr / 'counterfactual.png', panel=rr / 'panel.npz', train_nb=rr / 'train.ipynb',
                  evaluate_nb=rr / 'evaluate.ipynb')
@@ -59,7 +61,9 @@ def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) ->
     """Materialise `dataset`'s raw files under build/<ds>/raw and write its index (image, mask, split, note, sha256,
     mask_pixels). `$RECLMIS_DATA_MIRROR`, when set, is a local mirror read instead of `fetch.source`: every file is
     checked against the same pinned sha256, so the data (and every result) is the same whichever source served it."""
-    root = Path(root or project_root()); pa = paths(root, dataset, study=study); ds = dataset_params(p, dataset)
+    root = Path(root or project_root())
+    pa = paths(root, dataset, study=study)
+    ds = dataset_params(p, dataset)
     if ds.kind == 'synth':
         from reclmis.synth import make_synth, write_synth
         sp, rows = p.synth, []
@@ -71,8 +75,10 @@ def fetch_stage(dataset: str, p: Params, root=None, study: str | None = None) ->
             write_synth(s, pa['raw'] / split)
             for i in range(n):
                 name = f'{i:05d}.png'
-                rows.append(dict(image=f'{split}/images/{name}', mask=f'{split}/masks/{name}', split=split, note=s.notes[i],
-                                 sha256=sha256_file(pa['raw'] / split / 'images' / name), mask_pixels=int(s.masks[i].sum())))
+                rows.append(dict(image=f'{split}/images/{name}', mask=f'{split}/masks/{name}', split=split,
+                                 note=s.notes[i],
+                                 sha256=sha256_file(pa['raw'] / split / 'images' / name),
+                                 mask_pixels=int(s.masks[i].sum())))
         df = pd.DataFrame(rows)
     elif ds.path:                                        # the user's own folder in LViT's layout (no manifest)
         from reclmis.data import copy_lvit_folder, index_lvit, _LVIT_FOLDERS
@@ -95,12 +101,15 @@ def _bits(zs) -> int: return sum(1 << int(z) for z in zs)
 
 def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) -> dict:
     "Decode build/<ds>/raw into build/<ds>/prepared/{train,val,test}.npz; write results/<ds>/data.json (counts, stats)."
-    root = Path(root or project_root()); pa = paths(root, dataset, study=study); ds = dataset_params(p, dataset)
+    root = Path(root or project_root())
+    pa = paths(root, dataset, study=study)
+    ds = dataset_params(p, dataset)
     if not pa['index'].exists(): raise DataError(f"index {pa['index']} not found; run `dvc repro fetch@{dataset}` first")
     from reclmis.data import check_index_files, read_index
     df = read_index(pa['index'])
     check_index_files(df, pa['raw'], pa['index'], verify_sha=ds.kind != 'synth')
-    stats = {'dataset': dataset, 'kind': ds.kind, 'img_size': ds.img_size, 'eval_size': ds.eval_size or ds.img_size, 'splits': {}}
+    stats = {'dataset': dataset, 'kind': ds.kind, 'img_size': ds.img_size, 'eval_size': ds.eval_size or ds.img_size,
+             'splits': {}}
     notes = {}
     pa['test_cf'].unlink(missing_ok=True)
     for split in SPLITS:
@@ -113,14 +122,16 @@ def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) 
             if ds.img_size != s.images.shape[-1]:
                 raise DataError(f"{pa['raw']} holds {s.images.shape[-1]} px images, datasets.{dataset}.img_size is "
                                 f"{ds.img_size}: generate them again (dvc repro fetch@{dataset})")
-            sp = make_split(s.images[:, None].repeat(ds.channels, 1), s.masks, s.notes, [Path(f).name for f in part.image],
+            sp = make_split(s.images[:, None].repeat(ds.channels, 1), s.masks, s.notes,
+                            [Path(f).name for f in part.image],
                             zonemaps=s.zonemaps, lesion_bits=np.array([_bits(z) for z in s.lesion_zones]),
                             described_bits=np.array([_bits(z) for z in s.described]))
             st = synth_stats(s)
         else:
             from reclmis.data import decode
             eval_size = ds.eval_size if split == 'test' and ds.eval_size and ds.eval_size != ds.img_size else 0
-            d = decode(part, pa['raw'], ds.img_size, channels=ds.channels, strict_masks=ds.strict_masks, eval_size=eval_size,
+            d = decode(part, pa['raw'], ds.img_size, channels=ds.channels, strict_masks=ds.strict_masks,
+                       eval_size=eval_size,
                        depth16=ds.depth16)
             extra = {'masks_eval': d['masks_eval']} if 'masks_eval' in d else {}
             sp = make_split(d['images'], d['masks'], d['notes'], d['names'], **extra)
@@ -129,7 +140,8 @@ def prepare_stage(dataset: str, p: Params, root=None, study: str | None = None) 
         notes[split] = sp.notes
         if ds.kind == 'synth' and split == 'test':
             cf = counterfactual_split(s, p.run.seed, ds.channels, [Path(f).name for f in part.image])
-            save_split(cf, pa['test_cf']); notes['test_cf'] = cf.notes
+            save_split(cf, pa['test_cf'])
+            notes['test_cf'] = cf.notes
             st = {**st, 'counterfactual_images': len(cf)}
         stats['splits'][split] = {'n': len(sp), 'available': int((df.split == split).sum()),
                                   'empty_masks': int((sp.masks.flatten(1).sum(1) == 0).sum()),
@@ -148,7 +160,9 @@ def counterfactual_split(s, seed: int = 0, channels: int = 1, names: list[str] |
     for i in range(len(s)):
         cf = counterfactual(s.zonemaps[i], s.lesion_zones[i], s.described[i], rng, disjoint=True)
         if cf is None: continue
-        keep.append(i); cf_notes.append(cf[1]); cf_masks.append(cf[2])
+        keep.append(i)
+        cf_notes.append(cf[1])
+        cf_masks.append(cf[2])
     return make_split(s.images[keep][:, None].repeat(channels, 1),
                       np.stack(cf_masks) if keep else np.zeros((0,) + s.masks.shape[1:], np.uint8), cf_notes,
                       [(names[i] if names else f'{i:05d}.png') for i in keep], masks_orig=s.masks[keep])
@@ -158,7 +172,8 @@ def _bank(q: Params, pa: dict, progress: bool = False):
     "The text bank of `q.text` for the dataset of `pa`: (bank, the text encoder) encoded from prepared/notes.json."
     from reclmis.text import make_text_encoder, encode_bank
     if not pa['notes'].exists(): raise DataError(f"{pa['notes']} not found; run `dvc repro` (stage prepare) first")
-    notes = json.loads(pa['notes'].read_text()); t = q.text
+    notes = json.loads(pa['notes'].read_text())
+    t = q.text
     enc = make_text_encoder(t.encoder, t.weights)
     bank = encode_bank(notes, t, enc, q.run.seed, get_device(q.run.device, q.run.threads), progress)
     if t.standardize: bank = bank.standardized(notes['train'])
@@ -168,7 +183,10 @@ def encode_stage(dataset: str, p: Params, root=None, progress: bool = True, stud
     """Encode the notes of `dataset` (prepared/notes.json), their phrasings and held-out phrasings (`text.encode_bank`);
     write the text bank and results/<ds>/text.json (token budget, what it cuts per split, phrasings, warnings)."""
     from reclmis.text import check_text_encoder, note_warnings, truncation
-    root = Path(root or project_root()); q = resolve(p, dataset); pa = paths(root, dataset, study=study); t = q.text
+    root = Path(root or project_root())
+    q = resolve(p, dataset)
+    pa = paths(root, dataset, study=study)
+    t = q.text
     check_text_encoder(t.encoder)                      # a params error first, before any file is read
     t0 = time.time()
     bank, enc = _bank(q, pa, progress)
@@ -233,7 +251,8 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     """Train `model` (a model or variant name) on `dataset` with the effective params and training `seed`; resumable;
     writes results/<ds>/<model>/s<seed>/train.json. The fingerprint that matches a checkpoint to its run covers the
     params, the seed and the source of every module the training imports (`graph.code_hash`)."""
-    root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
+    root = Path(root or project_root())
+    q, base, seed = _run(p, dataset, model, seed, study)
     pa = paths(root, dataset, model, seed, study)
     if q.run.nproc > 1 and not launched(): return _launch_train(root, p, dataset, model, seed, study, q.run.nproc, pa)
     device = init_distributed(q.run.device, q.run.threads)          # joins torchrun's process group, if any
@@ -243,7 +262,8 @@ def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool =
     finally: shutdown()
 
 def _launch_train(root, p, dataset, model, seed, study, nproc, pa) -> dict:
-    "`run.nproc` > 1 outside torchrun: run this training on `nproc` processes (`distributed.launch`), return its train.json."
+    """`run.nproc` > 1 outside torchrun: run this training on `nproc` processes (`distributed.launch`), return its
+    train.json."""
     from reclmis.distributed import launch
     args = (['--params', str(p._path)] if getattr(p, '_path', None) else []) + (['--study', study] if study else [])
     rc = launch(nproc, args + ['train', dataset, model, '--seed', str(seed)], env={'RECLMIS_ROOT': str(root)})
@@ -267,18 +287,23 @@ def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     rank, W = world()
     seed_everything(seed)
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
-    tr, bank = _with_text(base, tr, pa, q=q); va, _ = _with_text(base, va, pa, bank)
+    tr, bank = _with_text(base, tr, pa, q=q)
+    va, _ = _with_text(base, va, pa, bank)
     tr, n_para = _note_augment(tr, bank, q, dataset)
     in_ch, text_dim = tr.images.shape[1], bank.dim if bank else 0
     net = build_model(base, getattr(q.model, base), in_ch, q.datasets[dataset].img_size, text_dim)
-    spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model, 'seed': seed}
+    spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model,
+            'seed': seed}
     if bank is not None: spec['text']['token_len'] = bank.token_len        # 'auto' resolved: what predict must use
     fp = fingerprint(run_identity(q, dataset, base, seed, n_train=len(tr), code=code_hash(),
-                                  text=asdict(q.text) if reads_note(base) else None, **({'world_size': W} if W > 1 else {})))
+                                  text=asdict(q.text) if reads_note(base) else None,
+                                  **({'world_size': W} if W > 1 else {})))
     t0 = time.time()
-    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=seed, seg=model_loss(base, getattr(q.model, base)),
+    st = fit(net, tr, va, q.train, pa['ckpt'], device=device, amp=q.run.amp, seed=seed,
+             seg=model_loss(base, getattr(q.model, base)),
              live_dir=pa['live'] if q.run.live else None, run_fingerprint=fp, progress=progress, meta=spec)
-    counts = net.n_params() if hasattr(net, 'n_params') else {'total': n_params(net), 'inference': n_params(net), 'aux': 0}
+    counts = net.n_params() if hasattr(net, 'n_params') else {'total': n_params(net), 'inference': n_params(net),
+                                                              'aux': 0}
     out = {'dataset': dataset, 'model': model, 'base_model': base, 'seed': seed, 'study': study, 'device': device.type,
            'params': counts['total'], 'params_inference': counts['inference'],
            'text_encoder': q.text.encoder if base in TEXT_MODELS else None,
@@ -317,8 +342,10 @@ def load_checkpoint_model(path, model: str | None = None, p: Params | None = Non
         net = build_model(model, getattr(p.model, model), in_ch,
                           p.datasets[dataset].img_size if dataset in p.datasets else 64, text_dim, aux)
     else:
-        if not spec: raise DataError(f"{path} has no model spec (made by an older reclmis?); pass the params it was trained with")
-        net = model_from_spec(spec, aux); model = spec['model']
+        if not spec: raise DataError(f"{path} has no model spec (made by an older reclmis?); pass the params it was "
+                                     f"trained with")
+        net = model_from_spec(spec, aux)
+        model = spec['model']
     sd = ck['model']
     if not aux and hasattr(net, 'AUX'): sd = {k: v for k, v in sd.items() if k.split('.')[0] not in net.AUX}
     fix = "re-train (dvc repro) or restore the params it was trained with"
@@ -327,11 +354,13 @@ def load_checkpoint_model(path, model: str | None = None, p: Params | None = Non
         raise CheckpointError(f"checkpoint {path} does not fit model '{model}' with the current params ({fix}): {e}") from e
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit model '{model}' with the current params: "
-                           f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}; {fix}")
+                           f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+                           f"{unexpected[:5]}; {fix}")
     net.spec = spec
     return net.to(device).eval()
 
-def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu', dataset: str | None = None, text_dim: int = 0,
+def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu', dataset: str | None = None,
+              text_dim: int = 0,
               train_json=None):
     """Build `model_name` from params and load `ckpt_dir/best.pt` strictly (inference path); a mismatch is an error
     naming the keys; with `train_json`, a `best.pt` that another run made is refused."""
@@ -341,7 +370,8 @@ def load_best(model_name: str, p: Params, ckpt_dir, in_ch: int, device='cpu', da
 
 @torch.no_grad()
 def predict_split(net, split: Split, batch_size: int, device, out_size: int = 0, amp: str = 'bf16') -> torch.Tensor:
-    "Probabilities [N,S,S] (float32, on CPU) at `out_size` (0 = the split's size); the split's text, if attached, goes to the model."
+    """Probabilities [N,S,S] (float32, on CPU) at `out_size` (0 = the split's size); the split's text, if attached, goes
+    to the model."""
     from reclmis.train import autocast_ctx, default_forward
     out, split = [], split.to(device)
     for idx in batches(len(split), batch_size):
@@ -349,12 +379,15 @@ def predict_split(net, split: Split, batch_size: int, device, out_size: int = 0,
         with autocast_ctx(torch.device(device), amp): o = default_forward(net, b)
         logits = (o['logits'] if isinstance(o, dict) else o).float()
         if out_size and out_size != logits.shape[-1]:
-            logits = torch.nn.functional.interpolate(logits, size=(out_size, out_size), mode='bilinear', align_corners=False)
+            logits = torch.nn.functional.interpolate(logits, size=(out_size, out_size), mode='bilinear',
+                                                     align_corners=False)
         out.append(torch.sigmoid(logits)[:, 0].cpu())
-    return torch.cat(out) if out else torch.zeros(0, out_size or split.images.shape[-1], out_size or split.images.shape[-1])
+    return torch.cat(out) if out else torch.zeros(0, out_size or split.images.shape[-1],
+                                                  out_size or split.images.shape[-1])
 
 def side_swap_split(te: Split) -> Split:
-    "The test images whose note changes when 'left' and 'right' are swapped (`mirror_note`), with the swapped note; masks = the original targets."
+    """The test images whose note changes when 'left' and 'right' are swapped (`mirror_note`), with the swapped note;
+    masks = the original targets."""
     from reclmis.dataset import mirror_note
     keep = [i for i in range(len(te)) if mirror_note(te.notes[int(te.note_idx[i])]) != te.notes[int(te.note_idx[i])]]
     target = te.extra.get('masks_eval', te.masks)
@@ -374,16 +407,19 @@ def counterfactual_eval(model: str, net, te: Split, prob: torch.Tensor, acc, pa:
     pcf = predict_split(net, cf, q.evaluate.batch_size, device, orig.shape[-1], q.run.amp)
     by_name = dict(zip(te.names, dice_a(acc.counts)))
     if not len(cf): return {'cf_n': 0}
-    out = {'cf_has_target': int(known), 'cf_n': len(cf), 'cf_orig_dice_a': float(np.mean([by_name[n] for n in cf.names])),
+    out = {'cf_has_target': int(known), 'cf_n': len(cf),
+           'cf_orig_dice_a': float(np.mean([by_name[n] for n in cf.names])),
            'cf_dice_a_vs_orig': float(dice_a(confusion_counts(pcf.numpy(), orig.numpy(), thr)).mean())}
     if known: out['cf_dice_a'] = float(dice_a(confusion_counts(pcf.numpy(), cf.masks.numpy(), thr)).mean())
-    plot_counterfactual(te, prob, cf, pcf, q.evaluate.n_overlays, pa['cf_png'], f'{model}: same image, other note', thr, known)
+    plot_counterfactual(te, prob, cf, pcf, q.evaluate.n_overlays, pa['cf_png'], f'{model}: same image, other note',
+                        thr, known)
     return out
 
 def panel_indices(names: list[str], n: int) -> list[int]:
     "The same `n` test images for every model: evenly spaced along the sorted image names."
     order = sorted(range(len(names)), key=lambda i: names[i])
-    return [order[j] for j in np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)] if n and names else []
+    return [order[j] for j in np.linspace(0, len(order) - 1,
+                                          min(n, len(order))).round().astype(int)] if n and names else []
 
 def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_dim: int, token_len: int = 0) -> dict:
     """One protocol for every model (`reclmis.compute`): MACs per image (thop rules, batch 1) at the run size and at
@@ -409,10 +445,12 @@ def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_di
     net.to(was)
     return out
 
-def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None, study: str | None = None) -> dict:
+def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None,
+                   study: str | None = None) -> dict:
     """Score the best checkpoint of the run on the whole test split; write metrics.json, per_image.csv, panel.npz,
     overlays.png, curves.png, and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
-    root = Path(root or project_root()); q, base, seed = _run(p, dataset, model, seed, study)
+    root = Path(root or project_root())
+    q, base, seed = _run(p, dataset, model, seed, study)
     pa = paths(root, dataset, model, seed, study)
     with RunLock(pa['lock'], run_name(dataset, model, seed, study)):
         return _evaluate(dataset, model, q, base, seed, pa)
@@ -451,21 +489,26 @@ def _score(dataset, model, q, base, seed, pa) -> dict:
     m = acc.summary()
     lo, hi = bootstrap_ci(dice_a(acc.counts), n_boot=q.evaluate.n_boot, seed=q.run.seed)
     m.update(dice_a_ci_low=lo, dice_a_ci_high=hi, eval_size=int(target.shape[-1]), img_size=int(te.images.shape[-1]),
-             predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type, model=model, base_model=base, seed=seed)
+             predict_ms_per_image=round(1000 * sec / len(te), 2), device=device.type, model=model, base_model=base,
+             seed=seed)
     m.update(counterfactual_eval(base, net, te, prob, acc, pa, q, device))
     m.update(compute_profile(net, te, base, q, dataset, text_dim, bank.token_len if bank else 0))
     pick = panel_indices(te.names, q.evaluate.n_panel)
     img = te.images[pick].float().mean(1, keepdim=True)
     if img.shape[-1] != target.shape[-1] and len(pick):
         img = torch.nn.functional.interpolate(img, size=target.shape[-2:], mode='bilinear', align_corners=False)
-    panel = dict(names=np.array([te.names[i] for i in pick]), notes=np.array([te.notes[int(te.note_idx[i])] for i in pick]),
+    panel = dict(names=np.array([te.names[i] for i in pick]),
+                 notes=np.array([te.notes[int(te.note_idx[i])] for i in pick]),
                         image=img[:, 0].round().clamp(0, 255).to(torch.uint8).numpy(), target=target[pick].numpy(),
-                        prob=(prob[pick].numpy() * 255).round().astype(np.uint8), threshold=np.float32(q.evaluate.threshold))
-    df = acc.per_image(); df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
+                        prob=(prob[pick].numpy() * 255).round().astype(np.uint8),
+                 threshold=np.float32(q.evaluate.threshold))
+    df = acc.per_image()
+    df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
     write_json(pa['metrics'], m)
     atomic_write(pa['panel'], lambda t: _savez(t, panel))
     atomic_write(pa['per_image'], lambda t: df.to_csv(t, index=False))
     plot_overlays(te, prob, df.dice_a.to_numpy(), q.evaluate.n_overlays, pa['overlays'], f'{model} on {dataset} test',
                   q.evaluate.threshold)
-    if pa['train_json'].exists(): plot_curves(json.loads(pa['train_json'].read_text())['history'], pa['curves'], f'{model} on {dataset}')
+    if pa['train_json'].exists(): plot_curves(json.loads(pa['train_json'].read_text())['history'], pa['curves'],
+                                              f'{model} on {dataset}')
     return m

@@ -20,12 +20,14 @@ __all__ = ['Segmenter', 'save_prediction', 'predict']
 # %% ../nbs/54_predict.ipynb #26d07974
 class Segmenter:
     "A trained model and its frozen text encoder. `seg(image, note)` -> dict(prob, mask) at the image's own size."
-    def __init__(self, ckpt, device: str = 'cpu', text_weights: str | None = None):  # text_weights: override the encoder weights in the spec
+    def __init__(self, ckpt, device: str = 'cpu',
+                 text_weights: str | None = None):  # text_weights: override the encoder weights in the spec
         self.device = torch.device(device)
         self.net = load_checkpoint_model(ckpt, device=self.device)
         self.spec, self.ckpt = self.net.spec, Path(ckpt)
         t = self.spec.get('text')
-        self.encoder = make_text_encoder(t['encoder'], text_weights if text_weights is not None else t['weights']) if t else None
+        self.encoder = make_text_encoder(t['encoder'],
+                                         text_weights if text_weights is not None else t['weights']) if t else None
         self.threshold = float(self.spec.get('threshold', 0.5))
 
     @torch.no_grad()
@@ -36,18 +38,21 @@ class Segmenter:
         for w in note_warnings([note], note_lengths(self.encoder, [text]), unknown_share(self.encoder, [text]),
                                t['token_len']): warnings.warn(w)
         ids, mask = self.encoder.tokenize([text], t['token_len'])
-        return apply_standardize(self.encoder(ids, mask).float(), self.spec.get('text_meta') or {}).to(self.device), mask.to(self.device)
+        return apply_standardize(self.encoder(ids, mask).float(),
+                                 self.spec.get('text_meta') or {}).to(self.device), mask.to(self.device)
 
     def load(self, image) -> np.ndarray:
         "uint8 [H,W,C] from a path (decoded as the training data: BGR for 3 channels) or an array ([H,W] or [H,W,C])."
         C = self.spec['channels']
         if isinstance(image, (str, Path)):
-            if not Path(image).is_file(): raise DataError(f"image {str(image)!r} not found or not a file: pass the path of an image (PNG, JPEG)")
+            if not Path(image).is_file(): raise DataError(f"image {str(image)!r} not found or not a file: pass the "
+                                                          f"path of an image (PNG, JPEG)")
             return read_image(image, C)
         a = np.asarray(image)
         if a.dtype != np.uint8: raise DataError(f"image arrays must be uint8, got {a.dtype}")
         if a.ndim == 2: a = a[..., None]
-        if a.shape[2] != C: a = np.repeat(a[..., :1], C, axis=2) if C == 3 else a.mean(2, keepdims=True).round().astype(np.uint8)
+        if a.shape[2] != C: a = np.repeat(a[..., :1], C,
+                                          axis=2) if C == 3 else a.mean(2, keepdims=True).round().astype(np.uint8)
         return a
 
     @torch.no_grad()
@@ -55,7 +60,8 @@ class Segmenter:
         a = self.load(image)
         H, W = a.shape[:2]
         S = self.spec['img_size']
-        x = torch.from_numpy(resize_bilinear(a, S).reshape(S, S, -1).transpose(2, 0, 1).copy()).float()[None].to(self.device) / 255
+        x = torch.from_numpy(resize_bilinear(a, S).reshape(S, S,
+                                                           -1).transpose(2, 0, 1).copy()).float()[None].to(self.device) / 255
         if self.encoder is not None:
             if note is None: raise DataError(f"model '{self.spec['model']}' reads the note: pass one (--note)")
             e, m = self.encode(check_note(note, str(image) if isinstance(image, (str, Path)) else 'the image'))
@@ -65,24 +71,32 @@ class Segmenter:
                 warnings.warn(f"model '{self.spec['model']}' ({self.ckpt}) does not read notes: the note is ignored "
                               "and the mask comes from the image alone")
             logits = self.net(x)
-        logits = F.interpolate(logits.float(), size=(H, W), mode='bilinear', align_corners=False) if (H, W) != (S, S) else logits
+        logits = F.interpolate(logits.float(), size=(H, W), mode='bilinear',
+                               align_corners=False) if (H, W) != (S, S) else logits
         prob = torch.sigmoid(logits)[0, 0].cpu().numpy()
         return {'prob': prob, 'mask': (prob > self.threshold).astype(np.uint8), 'image': a, 'note': note}
 
 # %% ../nbs/54_predict.ipynb #64f6654a
 def save_prediction(out: dict, out_dir, stem: str = 'prediction') -> dict:
-    "Write `<stem>_mask.png` (0/255) and `<stem>_overlay.png` (image, prediction in yellow, the note as title) to `out_dir`."
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    """Write `<stem>_mask.png` (0/255) and `<stem>_overlay.png` (image, prediction in yellow, the note as title) to
+    `out_dir`."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     from PIL import Image
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     mp, op = out_dir / f'{stem}_mask.png', out_dir / f'{stem}_overlay.png'
     Image.fromarray(out['mask'] * np.uint8(255)).save(mp)
     img = out['image'][..., ::-1] if out['image'].shape[2] == 3 else out['image'][..., 0]   # BGR -> RGB for display
     fig, ax = plt.subplots(figsize=(5, 5.6))
-    ax.imshow(img, cmap='gray' if img.ndim == 2 else None); ax.axis('off')
+    ax.imshow(img, cmap='gray' if img.ndim == 2 else None)
+    ax.axis('off')
     ax.imshow(np.ma.masked_where(out['mask'] == 0, out['mask']), cmap='autumn', alpha=0.45, vmin=0, vmax=1)
     ax.set_title('\n'.join(textwrap.wrap(out['note'] or '(no note: text-free model)', 60)), fontsize=8)
-    fig.tight_layout(); fig.savefig(op, dpi=110); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(op, dpi=110)
+    plt.close(fig)
     return {'mask': mp, 'overlay': op}
 
 def predict(image, note: str | None = None, ckpt=None, model: str | None = None, dataset: str | None = None,
@@ -97,7 +111,8 @@ def predict(image, note: str | None = None, ckpt=None, model: str | None = None,
     if not ckpt.exists(): raise FileNotFoundError(f"checkpoint {ckpt} not found: run `dvc repro` first, or pass --ckpt")
     seg = Segmenter(ckpt, device)
     for opt, want, have in (('--model', model, (seg.spec.get('variant'), seg.spec.get('model'))),
-                            ('--dataset', dataset, (seg.spec.get('dataset'),)), ('--seed', seed, (seg.spec.get('seed'),))):
+                            ('--dataset', dataset, (seg.spec.get('dataset'),)),
+                            ('--seed', seed, (seg.spec.get('seed'),))):
         if want is not None and want not in have:
             raise DataError(f"{opt} {want} disagrees with the checkpoint {ckpt}, which was made with {opt[2:]} "
                             f"{have[0]}; drop {opt} or pass the checkpoint of that run (--ckpt)")

@@ -33,15 +33,18 @@ def boundary_metrics(pred: np.ndarray, target: np.ndarray) -> tuple[float, float
 # %% ../nbs/51_probes.ipynb #72728f29
 def derangement(n: int, seed: int = 0) -> np.ndarray:
     "A random permutation of range(n) without fixed points (Sattolo's algorithm: one cycle); n < 2 is returned as is."
-    rng = np.random.default_rng(seed); p = np.arange(n)
+    rng = np.random.default_rng(seed)
+    p = np.arange(n)
     for i in range(n - 1, 0, -1):
-        j = rng.integers(0, i); p[i], p[j] = p[j], p[i]
+        j = rng.integers(0, i)
+        p[i], p[j] = p[j], p[i]
     return p
 
 # %% ../nbs/51_probes.ipynb #ec98fa65
 def cluster_ci(values, units, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
     "95% interval of the mean of per-image `values`, resampling whole `units` (the image mean over the drawn units)."
-    v = np.asarray(values, float); u, inv = np.unique(np.asarray(units), return_inverse=True)
+    v = np.asarray(values, float)
+    u, inv = np.unique(np.asarray(units), return_inverse=True)
     s, c = np.bincount(inv, v, len(u)), np.bincount(inv, minlength=len(u)).astype(float)
     idx = np.random.default_rng(seed).integers(0, len(u), (n_boot, len(u)))
     m = s[idx].sum(1) / c[idx].sum(1)
@@ -58,7 +61,8 @@ def paraphrase_split(te, bank, seed: int = 0):
     rng = np.random.default_rng(seed)
     chosen = [held[te.notes[int(te.note_idx[i])]][int(rng.integers(len(held[te.notes[int(te.note_idx[i])]])))]
               for i in keep]
-    uniq = sorted(set(chosen)); pos = {n: j for j, n in enumerate(uniq)}
+    uniq = sorted(set(chosen))
+    pos = {n: j for j, n in enumerate(uniq)}
     k = torch.as_tensor(keep)
     extra = {n: v[k] for n, v in te.extra.items()} | {'orig_idx': k}
     s = Split(te.images[k], te.masks[k], uniq, torch.tensor([pos[c] for c in chosen]), torch.arange(len(uniq)),
@@ -84,7 +88,8 @@ def _null_split(te, model: str, q: Params, bank, device):
     ids, mask = enc.tokenize([''], bank.token_len)
     with torch.no_grad(): f = enc(ids.to(device), mask.to(device)).float().cpu()
     f = apply_standardize(f, bank.meta)
-    return Split(te.images, te.masks, ['<null>'], torch.zeros(len(te), dtype=torch.long), torch.zeros(1, dtype=torch.long),
+    return Split(te.images, te.masks, ['<null>'], torch.zeros(len(te), dtype=torch.long),
+                 torch.zeros(1, dtype=torch.long),
                  te.names, te.extra, f, mask.bool())
 
 def _side_shares(te, sw, keep, prob, ps, thr, sides) -> dict:
@@ -110,12 +115,15 @@ def _dice(prob, target, thr):
     from reclmis.metrics import dice_a, confusion_counts
     return dice_a(confusion_counts(prob.numpy(), target.numpy(), thr))
 
-def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None, study: str | None = None) -> dict:
+def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None,
+                study: str | None = None) -> dict:
     """Probe the run's best checkpoint on the test split: cluster CI of Dice A, HD95/ASSD, and (text models) the null,
     shuffled and left/right-swapped notes. Writes `probes.json` beside the run's metrics.json."""
     from reclmis import pipeline as pl
     from reclmis.dataset import Split
-    root = Path(root or project_root()); q = resolve(p, dataset, model, study); base = base_model(p, model)
+    root = Path(root or project_root())
+    q = resolve(p, dataset, model, study)
+    base = base_model(p, model)
     seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else int(seed)
     pa = pl.paths(root, dataset, model, seed, study)
     with RunLock(pa['lock'], pl.run_name(dataset, model, seed, study)):
@@ -130,7 +138,8 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
     te, bank = pl._with_text(base, pl.load_split(pa['prepared'] / 'test.npz'), pa, q=q)
     net = pl.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0,
                        train_json=pa['train_json'])
-    target = te.extra.get('masks_eval', te.masks); thr, bs, S = q.evaluate.threshold, q.evaluate.batch_size, target.shape[-1]
+    target = te.extra.get('masks_eval', te.masks)
+    thr, bs, S = q.evaluate.threshold, q.evaluate.batch_size, target.shape[-1]
     prob = pl.predict_split(net, te, bs, device, S, q.run.amp)
     dice = _dice(prob, target, thr)
     units = [unit_of(n) for n in te.names]
@@ -141,14 +150,18 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
            'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image', 'n_units': len(set(units)),
            'dice_a_cluster_ci_low': lo, 'dice_a_cluster_ci_high': hi,
            'hd95': float(bm[ok, 0].mean()) if ok.any() else None, 'assd': float(bm[ok, 1].mean()) if ok.any() else None,
-           'hd95_undefined': int((~ok).sum()), 'boundary_rule': 'both empty: 0; one empty: undefined (left out, counted)',
+           'hd95_undefined': int((~ok).sum()),
+           'boundary_rule': 'both empty: 0; one empty: undefined (left out, counted)',
            'distance_unit': f'pixels at {S} px'}
     if bank is not None:
         null = _null_split(te, base, q, bank, device)
-        out['text_null_dice_a'] = float(_dice(pl.predict_split(net, null, bs, device, S, q.run.amp), target, thr).mean())
+        out['text_null_dice_a'] = float(_dice(pl.predict_split(net, null, bs, device, S, q.run.amp), target,
+                                              thr).mean())
         perm = torch.as_tensor(derangement(len(te), q.run.seed))
-        sh = Split(te.images, te.masks, te.notes, te.note_idx[perm], te.mirror_idx, te.names, te.extra, te.text, te.text_mask)
-        out['text_shuffled_dice_a'] = float(_dice(pl.predict_split(net, sh, bs, device, S, q.run.amp), target, thr).mean())
+        sh = Split(te.images, te.masks, te.notes, te.note_idx[perm], te.mirror_idx, te.names, te.extra, te.text,
+                   te.text_mask)
+        out['text_shuffled_dice_a'] = float(_dice(pl.predict_split(net, sh, bs, device, S, q.run.amp), target,
+                                                  thr).mean())
         out['text_shuffled_same_note'] = float((te.note_idx[perm] == te.note_idx).float().mean())
         sw = pl.side_swap_split(te)
         if len(sw):

@@ -32,7 +32,8 @@ def readme_results(root=None) -> str:
     from reclmis.study import load_summaries, pairs_table, study_runs, TABLES
     from reclmis.bench import bench_table, speedup_table
     from reclmis.claims import claims_table
-    root = Path(root or project_root()); R, S = root / 'results', root / 'results' / 'studies'
+    root = Path(root or project_root())
+    R, S = root / 'results', root / 'results' / 'studies'
     summ = load_summaries(S) if S.exists() else {}
     out = []
     for ds in sorted({ds for ds, *_ in _runs(R)}):
@@ -50,7 +51,9 @@ def readme_results(root=None) -> str:
                      ('ablate', 'Component ablation over seeds (paper Table 2)'),
                      ('notes', "The note's wording: phrasings, token budget, sides (mean ± SD over seeds, points)")):
         cmd = f'`dvc repro studies/dvc.yaml:summary-{st}`'
-        if not summ.get(st): out += [f'**{what}** (study `{st}`): not run yet: {cmd}.', '']; continue
+        if not summ.get(st):
+            out += [f'**{what}** (study `{st}`): not run yet: {cmd}.', '']
+            continue
         t = [x for ds in {r['dataset'] for r in study_runs(root, st)} for x in _train_s(S / st, ds)]
         out += [f"**{what}** (study `{st}`: {cmd}; {len(t)} runs, training {sum(t):.0f} s)", '',
                 TABLES[st](summ[st]), '']
@@ -77,13 +80,18 @@ def sync_readme(readme='README.md', root=None, check: bool = False) -> bool:
     """Write `readme_results` between the README's marker lines (True if it changed). With `check`, write nothing and
     raise if the README's block differs from the results."""
     from reclmis.core import project_root
-    root = Path(root or project_root()); f = root / readme; text = f.read_text()
+    root = Path(root or project_root())
+    f = root / readme
+    text = f.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise ValueError(f'{f}: no results block; add the lines {README_BEGIN!r} and {README_END!r}')
-    head, rest = text.split(README_BEGIN, 1); _, tail = rest.split(README_END, 1)
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
     new = head + README_BEGIN + '\n' + readme_results(root) + README_END + tail
     if new == text: return False
     if check: raise AssertionError(f"{f}'s results block differs from the committed results; regenerate it: "
                                    "python -c 'from reclmis.readme import sync_readme; sync_readme()'")
-    tmp = f.with_suffix('.md.tmp'); tmp.write_text(new); tmp.replace(f)
+    tmp = f.with_suffix('.md.tmp')
+    tmp.write_text(new)
+    tmp.replace(f)
     return True

@@ -41,17 +41,22 @@ class RecLMIS(nn.Module):
         if not ci and (ccl or cvr or clr):
             raise ValueError("RecLMIS: ci=False (Table 2's text-free baseline) needs ccl, cvr and clr False too: "
                               "the auxiliary losses are conditioned on the CI module's outputs")
-        if mask_mode not in MASK_MODES: raise ValueError(f"RecLMIS: mask_mode is {mask_mode!r}; use one of {', '.join(MASK_MODES)}")
+        if mask_mode not in MASK_MODES: raise ValueError(f"RecLMIS: mask_mode is {mask_mode!r}; use one of "
+                                                         f"{', '.join(MASK_MODES)}")
         if aux_nan not in ('raise', 'zero'): raise ValueError(f"RecLMIS: aux_nan is {aux_nan!r}; use 'raise' or 'zero'")
-        if rec_loss_on not in ('all', 'masked'): raise ValueError(f"RecLMIS: rec_loss_on is {rec_loss_on!r}; use 'all' or 'masked'")
-        if img_size % 2 ** depth: raise ValueError(f"RecLMIS: img_size {img_size} is not divisible by 2^depth = {2 ** depth}")
+        if rec_loss_on not in ('all',
+                               'masked'): raise ValueError(f"RecLMIS: rec_loss_on is {rec_loss_on!r}; use 'all' or "
+                                                           f"'masked'")
+        if img_size % 2 ** depth: raise ValueError(f"RecLMIS: img_size {img_size} is not divisible by 2^depth = "
+                                                   f"{2 ** depth}")
         self.backbone = UNetPLAM(in_ch, n_classes, width, depth, plam_unused_sigmoid=plam_unused_sigmoid)
         D, side = self.backbone.channels[-1], img_size // 2 ** depth
         self.dim, self.text_dim, self.img_size = D, text_dim, img_size
         self.use_ci, self.use = ci, {'ccl': ccl, 'cvr': cvr, 'clr': clr}
         if ci:
             self.text_proj = nn.Conv1d(text_dim, D, 3, padding=1)
-            self.ci = ConditionedInteraction(D, side * side, heads, ci_dropout, ci_mask_padding, ci_init_gain, ci_pos_init)
+            self.ci = ConditionedInteraction(D, side * side, heads, ci_dropout, ci_mask_padding, ci_init_gain,
+                                             ci_pos_init)
         self.has_aux = aux and (ccl or cvr or clr)
         if self.has_aux:
             self.poi_head, self.woi_head = InterestHead(D, interest_dropout), InterestHead(D, interest_dropout)
@@ -61,11 +66,13 @@ class RecLMIS(nn.Module):
             if clr:
                 self.rec_txt = rec(clr_condition)
                 self.clr_out = nn.Identity() if text_dim == D else nn.Linear(D, text_dim)   # back to the encoder's width
-        self.cfg = dict(ccl_condition=ccl_condition, ccl_double_softmax=ccl_double_softmax, ccl_pad_as_zero=ccl_pad_as_zero,
+        self.cfg = dict(ccl_condition=ccl_condition, ccl_double_softmax=ccl_double_softmax,
+                        ccl_pad_as_zero=ccl_pad_as_zero,
                         ccl_temperature=ccl_temperature, ccl_replicas=ccl_replicas, ccl_gather=ccl_gather,
                         rec_at_test=rec_at_test,
                         rec_loss_on=rec_loss_on, cvr_detach_target=cvr_detach_target, mask_ratio_img=mask_ratio_img,
-                        mask_ratio_txt=mask_ratio_txt, mask_mode=mask_mode, mask_fill_random=mask_fill_random, aux_nan=aux_nan)
+                        mask_ratio_txt=mask_ratio_txt, mask_mode=mask_mode, mask_fill_random=mask_fill_random,
+                        aux_nan=aux_nan)
         self.weights = {'ccl': w_ccl, 'cvr': w_cvr, 'clr': w_clr}
 
     def forward(self, image, text=None, text_mask=None):
@@ -76,7 +83,8 @@ class RecLMIS(nn.Module):
             raise ValueError(f"text features have width {text.shape[-1]} but the model was built for {self.text_dim} "
                              "(text.encoder changed since training? re-run the encode and train stages)")
         if text_mask is None: text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        f = feats[-1]; B, D, h, w = f.shape
+        f = feats[-1]
+        B, D, h, w = f.shape
         T = self.text_proj(text.transpose(1, 2)).transpose(1, 2)                  # [B,L,D]
         t2, v1 = self.ci(f, T, text_mask)
         logits = self.backbone.decode(feats, v1.transpose(1, 2).reshape(B, D, h, w))
@@ -91,10 +99,12 @@ class RecLMIS(nn.Module):
         losses = {}
         if self.use['ccl']:
             cond = c['ccl_condition']
-            losses['ccl'] = ccl_loss(T, Fp, text_mask, woi if cond else None, poi if cond else None, c['ccl_temperature'],
+            losses['ccl'] = ccl_loss(T, Fp, text_mask, woi if cond else None, poi if cond else None,
+                                     c['ccl_temperature'],
                                      c['ccl_double_softmax'], c['ccl_pad_as_zero'], c['ccl_replicas'], c['ccl_gather'])
         if self.use['cvr']:
-            mi = sample_mask(poi, torch.ones_like(poi, dtype=torch.bool), c['mask_ratio_img'], c['mask_mode'], c['mask_fill_random'])
+            mi = sample_mask(poi, torch.ones_like(poi, dtype=torch.bool), c['mask_ratio_img'], c['mask_mode'],
+                             c['mask_fill_random'])
             vh = self.rec_img(T, woi, apply_mask(Fp, mi))
             losses['cvr'] = reconstruction_loss(vh, v1.detach() if c['cvr_detach_target'] else v1, mi, c['rec_loss_on'])
         if self.use['clr']:
@@ -104,10 +114,13 @@ class RecLMIS(nn.Module):
         for k, v in losses.items():
             if not torch.isfinite(v):
                 if c['aux_nan'] == 'raise':
-                    raise FloatingPointError(f"auxiliary loss {k} is {v.item()} (POI/WOI or the features went non-finite); "
-                                             "lower train.lr, or set model.reclmis.aux_nan: zero for the official behaviour")
+                    raise FloatingPointError(f"auxiliary loss {k} is {v.item()} (POI/WOI or the features went "
+                                             f"non-finite); "
+                                             "lower train.lr, or set model.reclmis.aux_nan: zero for the official "
+                                             "behaviour")
                 losses[k] = torch.zeros_like(v)   # official: NaN -> 0 for this step only (never switched off for good)
-        return {'losses': losses, 'weights': {k: self.weights[k] for k in losses}, 'poi': poi.detach(), 'woi': woi.detach()}
+        return {'losses': losses, 'weights': {k: self.weights[k] for k in losses}, 'poi': poi.detach(),
+                'woi': woi.detach()}
 
     def inference_state_dict(self) -> dict:
         "The state dict without the training-only modules (what `aux=False` models load)."

@@ -19,19 +19,24 @@ MASK_MODES = ('dist', 'random', 'topk')
 
 def sample_mask(prob, valid, ratio: float, mode: str = 'dist', fill_random: bool = True,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    "Positions to mask, bool [B,S]: k = max(floor(valid.sum * ratio), 1) per row, drawn by `mode` from `prob` [B,S] among `valid` [B,S]."
-    if mode not in MASK_MODES: raise ValueError(f"mask mode {mode!r} unknown; use one of {MASK_MODES} (model.reclmis.mask_mode)")
+    """Positions to mask, bool [B,S]: k = max(floor(valid.sum * ratio), 1) per row, drawn by `mode` from `prob` [B,S]
+    among `valid` [B,S]."""
+    if mode not in MASK_MODES: raise ValueError(f"mask mode {mode!r} unknown; use one of {MASK_MODES} "
+                                                f"(model.reclmis.mask_mode)")
     if not 0 < ratio < 1: raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
     prob, valid = prob.detach().float(), valid.bool()
     k = ((valid.sum(-1).float() * ratio).floor().long()).clamp_min(1)
-    u = torch.empty_like(prob).uniform_(generator=generator).clamp_(1e-12, 1 - 1e-7)   # same stream as torch.rand; traces with symbolic shapes
+    u = torch.empty_like(prob).uniform_(generator=generator)   # same stream as torch.rand; traces with symbolic shapes
+    u = u.clamp_(1e-12, 1 - 1e-7)
     gumbel = -torch.log(-torch.log(u))
     if mode == 'dist':
         pos = (prob > 0) & valid
         if not fill_random and (pos.sum(-1) < k).any():
-            raise ValueError(f"only {int(pos.sum(-1).min())} positions have non-zero interest but {int(k.max())} must be masked; "
+            raise ValueError(f"only {int(pos.sum(-1).min())} positions have non-zero interest but {int(k.max())} must "
+                             f"be masked; "
                              "set model.reclmis.mask_fill_random: true (official)")
-        key = torch.where(pos, prob.clamp_min(1e-30).log() + gumbel, gumbel - 1e6)   # zero-probability: after all others, uniform
+        key = torch.where(pos, prob.clamp_min(1e-30).log() + gumbel,
+                          gumbel - 1e6)   # zero-probability: after all others, uniform
     elif mode == 'random': key = gumbel
     else: key = prob
     key = key.masked_fill(~valid, float('-inf'))
@@ -44,8 +49,10 @@ def apply_mask(x, masked) -> torch.Tensor:
 
 # %% ../nbs/34_reconstruct.ipynb #33c9af90
 class ConditionedAttention(nn.Module):
-    "Multi-head attention whose rows are re-weighted by a condition over keys and renormalised. q [B,Sq,D], kv [B,Sk,D], cond [B,Sk] -> [B,Sq,D]"
-    def __init__(self, dim: int = 512, heads: int = 4, attn_dropout: float = 0.0):   # official: 4 heads, no attention dropout
+    """Multi-head attention whose rows are re-weighted by a condition over keys and renormalised. q [B,Sq,D], kv
+    [B,Sk,D], cond [B,Sk] -> [B,Sq,D]"""
+    def __init__(self, dim: int = 512, heads: int = 4,
+                 attn_dropout: float = 0.0):   # official: 4 heads, no attention dropout
         super().__init__()
         if dim % heads: raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
@@ -53,7 +60,8 @@ class ConditionedAttention(nn.Module):
 
     def weights(self, q, kv, cond=None, causal: bool = False) -> torch.Tensor:
         "The (conditioned) attention map [B,heads,Sq,Sk]; rows sum to 1."
-        B, Sq, D = q.shape; Sk, h = kv.shape[1], self.heads
+        B, Sq, D = q.shape
+        Sk, h = kv.shape[1], self.heads
         qh = self.q(q).view(B, Sq, h, D // h).transpose(1, 2)
         kh = self.k(kv).view(B, Sk, h, D // h).transpose(1, 2)
         a = (qh @ kh.transpose(-1, -2)) / math.sqrt(D // h)
@@ -67,14 +75,16 @@ class ConditionedAttention(nn.Module):
     def forward(self, q, kv, cond=None, causal: bool = False):
         # softmax(s) * w / sum(softmax(s) * w) == softmax(s + log w): the conditioned attention is ordinary attention with
         # an additive bias log(w + 1e-10) over keys, so it runs in one fused scaled_dot_product_attention call
-        B, Sq, D = q.shape; Sk, h = kv.shape[1], self.heads
+        B, Sq, D = q.shape
+        Sk, h = kv.shape[1], self.heads
         qh = self.q(q).view(B, Sq, h, D // h).transpose(1, 2)
         kh = self.k(kv).view(B, Sk, h, D // h).transpose(1, 2)
         vh = self.v(kv).view(B, Sk, h, D // h).transpose(1, 2)
         bias = None
         if cond is not None: bias = torch.log(cond.to(qh.dtype) + 1e-10)[:, None, None, :].expand(B, 1, Sq, Sk)
         if causal:
-            cm = torch.zeros(Sq, Sk, dtype=qh.dtype, device=q.device).masked_fill(torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).triu(1), float('-inf'))
+            upper = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).triu(1)
+            cm = torch.zeros(Sq, Sk, dtype=qh.dtype, device=q.device).masked_fill(upper, float('-inf'))
             bias = cm if bias is None else bias + cm
         o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, dropout_p=self.drop.p if self.training else 0.0)
         return self.o(o.transpose(1, 2).reshape(B, Sq, D))
@@ -82,7 +92,8 @@ class ConditionedAttention(nn.Module):
 # %% ../nbs/34_reconstruct.ipynb #d99a3818
 class ReconstructionLayer(nn.Module):
     "Post-LN decoder layer with conditioned self- and cross-attention. x [B,S,D], memory [B,M,D] -> [B,S,D]"
-    def __init__(self, dim: int = 512, heads: int = 4, ffn_mult: int = 2, dropout: float = 0.1, attn_dropout: float = 0.0):
+    def __init__(self, dim: int = 512, heads: int = 4, ffn_mult: int = 2, dropout: float = 0.1,
+                 attn_dropout: float = 0.0):
         super().__init__()
         self.self_attn = ConditionedAttention(dim, heads, attn_dropout)
         self.cross_attn = ConditionedAttention(dim, heads, attn_dropout)
@@ -101,7 +112,8 @@ class ConditionedReconstructor(nn.Module):
     def __init__(self, dim: int = 512, layers: int = 3, heads: int = 4, ffn_mult: int = 2, dropout: float = 0.1,
                  attn_dropout: float = 0.0, causal: bool = False, conditioned: bool = True):
         super().__init__()
-        mk = lambda: nn.ModuleList(ReconstructionLayer(dim, heads, ffn_mult, dropout, attn_dropout) for _ in range(layers))
+        mk = lambda: nn.ModuleList(ReconstructionLayer(dim, heads, ffn_mult, dropout,
+                                                       attn_dropout) for _ in range(layers))
         self.dec1, self.dec2 = mk(), mk()
         self.causal, self.conditioned = causal, conditioned
 

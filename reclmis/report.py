@@ -15,7 +15,8 @@ __all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'run_page', 'runs_
 
 # %% ../nbs/71_report.ipynb #32211b01
 def _runs(results_dir):
-    "(dataset, model, seed, run folder) of every evaluated run under `results_dir` (`<ds>/<model>/s<seed>/metrics.json`)."
+    """(dataset, model, seed, run folder) of every evaluated run under `results_dir`
+    (`<ds>/<model>/s<seed>/metrics.json`)."""
     for m in sorted(Path(results_dir).glob('*/*/s[0-9]*/metrics.json')):
         yield m.parent.parent.parent.name, m.parent.parent.name, int(m.parent.name[1:]), m.parent
 
@@ -30,7 +31,8 @@ def _rows(results_dir):
         yield ds, label, json.loads((d / 'metrics.json').read_text()), json.loads(t.read_text()) if t.exists() else {}
 
 def run_page(run_dir, stage: str) -> str:
-    "The docs page name of a run's executed stage notebook (`results/<...>/s<seed>/<stage>.ipynb` -> `runs/<...>-<stage>.html`)."
+    """The docs page name of a run's executed stage notebook (`results/<...>/s<seed>/<stage>.ipynb` ->
+    `runs/<...>-<stage>.html`)."""
     parts = Path(run_dir).parts
     rel = parts[parts.index('results') + 1:] if 'results' in parts else parts
     return 'runs/' + '-'.join(rel) + f'-{stage}.html'
@@ -50,7 +52,8 @@ def _params(t: dict) -> str:
     return f'{tot:,}' if tot == inf else f'{tot:,} / {inf:,}'
 
 def _machine(m: dict, t: dict) -> str:
-    "Where a result was trained: the device, with the CPU or GPU, torch threads and version of each run that trained (`core.machine`)."
+    """Where a result was trained: the device, with the CPU or GPU, torch threads and version of each run that trained
+    (`core.machine`)."""
     dev = t.get('device', m.get('device', '?'))
     runs = []
     for mc in t.get('machines', []):
@@ -60,16 +63,21 @@ def _machine(m: dict, t: dict) -> str:
     return f"{dev} ({'; '.join(runs)})" if runs else dev
 
 def results_table(results_dir='results') -> str:
-    "A markdown table: one row per (dataset, model) with protocol A/B metrics (in %), the 95% CI of Dice A and training facts."
-    hdr = ('| dataset | model | Dice A (95% CI) | IoU A | Dice B | IoU B | class-mean IoU | test images | size (run/metric) '
+    """A markdown table: one row per (dataset, model) with protocol A/B metrics (in %), the 95% CI of Dice A and
+    training facts."""
+    hdr = ('| dataset | model | Dice A (95% CI) | IoU A | Dice B | IoU B | class-mean IoU | test images | size '
+           '(run/metric) '
            '| params (total / inference) | text encoder | epochs (best) | train time | trained on |\n|' + '---|' * 14)
     lines = [hdr]
     for ds, model, m, t in _rows(results_dir):
         ci = f" ({100 * m['dice_a_ci_low']:.1f}-{100 * m['dice_a_ci_high']:.1f})" if 'dice_a_ci_low' in m else ''
         tt = sum(h.get('epoch_s', 0) for h in t.get('history', [])) or t.get('wall_s_this_run', 0)
-        lines.append(f"| {ds} | {model} | {100 * m['dice_a']:.2f}{ci} | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | "
-                     f"{100 * m['iou_b']:.2f} | {100 * m['miou_class']:.2f} | {m['n_images']} ({m['n_empty_target']} empty) | "
-                     f"{m.get('img_size', '?')}/{m.get('eval_size', '?')} | {_params(t)} | {t.get('text_encoder') or '-'} | "
+        lines.append(f"| {ds} | {model} | {100 * m['dice_a']:.2f}{ci} | {100 * m['iou_a']:.2f} | "
+                     f"{100 * m['dice_b']:.2f} | "
+                     f"{100 * m['iou_b']:.2f} | {100 * m['miou_class']:.2f} | {m['n_images']} ({m['n_empty_target']} "
+                     f"empty) | "
+                     f"{m.get('img_size', '?')}/{m.get('eval_size', '?')} | {_params(t)} | "
+                     f"{t.get('text_encoder') or '-'} | "
                      f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s | {_machine(m, t)} |")
     return '\n'.join(lines) if len(lines) > 1 else '_No results yet: run `dvc repro`._'
 
@@ -78,7 +86,8 @@ def text_gap_table(results_dir='results', baseline: str = 'unet', n_boot: int = 
     Dice A in points with a paired bootstrap 95% interval (images resampled, per-image differences averaged)."""
     import pandas as pd
     from reclmis.metrics import bootstrap_ci
-    lines = ['| dataset | model | Dice A | baseline Dice A | gap (points) | paired 95% CI of the gap |', '|' + '---|' * 6]
+    lines = ['| dataset | model | Dice A | baseline Dice A | gap (points) | paired 95% CI of the gap |',
+             '|' + '---|' * 6]
     for base in sorted(Path(results_dir).glob(f'*/{baseline}/s[0-9]*/per_image.csv')):
         b = pd.read_csv(base)[['name', 'dice_a']]
         for other in sorted(base.parent.parent.parent.glob(f'*/{base.parent.name}/per_image.csv')):
@@ -86,20 +95,23 @@ def text_gap_table(results_dir='results', baseline: str = 'unet', n_boot: int = 
             o = pd.read_csv(other)[['name', 'dice_a']].merge(b, on='name', suffixes=('', '_base'))
             diff = 100 * (o.dice_a - o.dice_a_base).to_numpy()
             lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-            lines.append(f"| {base.parent.parent.parent.name} | {other.parent.parent.name} | {100 * o.dice_a.mean():.2f} | "
+            lines.append(f"| {base.parent.parent.parent.name} | {other.parent.parent.name} | "
+                         f"{100 * o.dice_a.mean():.2f} | "
                          f"{100 * o.dice_a_base.mean():.2f} | {diff.mean():+.2f} | {lo:+.2f} to {hi:+.2f} |")
     return '\n'.join(lines) if len(lines) > 2 else '_No text model and baseline on the same dataset yet._'
 
 def counterfactual_table(results_dir='results') -> str:
     """Does the prediction follow the note? Per (dataset, model): Dice A with the original notes on the counterfactual images,
     then with the counterfactual notes against the new targets (embedded set only) and against the original targets."""
-    lines = ['| dataset | model | counterfactual note | images | Dice A, original note | Dice A, new note vs new target | '
+    lines = ['| dataset | model | counterfactual note | images | Dice A, original note | Dice A, new note vs new '
+             'target | '
              'Dice A, new note vs original target |', '|' + '---|' * 7]
     for ds, model, m, _ in _rows(results_dir):
         if not m.get('cf_n'): continue
         kind = 'names other opacities' if m.get('cf_has_target') else 'left/right swapped'
         new = f"{100 * m['cf_dice_a']:.2f}" if 'cf_dice_a' in m else 'no target'
-        lines.append(f"| {ds} | {model} | {kind} | {m['cf_n']} | {100 * m['cf_orig_dice_a']:.2f} | {new} | {100 * m['cf_dice_a_vs_orig']:.2f} |")
+        lines.append(f"| {ds} | {model} | {kind} | {m['cf_n']} | {100 * m['cf_orig_dice_a']:.2f} | {new} | "
+                     f"{100 * m['cf_dice_a_vs_orig']:.2f} |")
     return '\n'.join(lines) if len(lines) > 2 else '_No counterfactual results yet._'
 
 def text_table(results_dir='results') -> str:
@@ -122,14 +134,16 @@ def text_table(results_dir='results') -> str:
 
 def data_table(results_dir='results') -> str:
     "A markdown table of each dataset's split sizes, empty masks and (embedded set) distractor share and blind Dice."
-    lines = ['| dataset | split | images (of available) | empty masks | unique notes | distractor share | blind Dice A |',
+    lines = ['| dataset | split | images (of available) | empty masks | unique notes | distractor share | blind Dice '
+             'A |',
              '|' + '---|' * 7]
     for f in sorted(Path(results_dir).glob('*/data.json')):
         d = json.loads(f.read_text())
         for split, s in d['splits'].items():
             ds_ = f"{100 * s['distractor_pixel_share']:.1f}%" if 'distractor_pixel_share' in s else '-'
             bd = f"{100 * s['blind_dice']:.2f}" if 'blind_dice' in s else '-'
-            lines.append(f"| {d['dataset']} | {split} | {s['n']} ({s['available']}) | {s['empty_masks']} | {s['unique_notes']} | {ds_} | {bd} |")
+            lines.append(f"| {d['dataset']} | {split} | {s['n']} ({s['available']}) | {s['empty_masks']} | "
+                         f"{s['unique_notes']} | {ds_} | {bd} |")
     return '\n'.join(lines)
 
 # %% ../nbs/71_report.ipynb #a3c5be07
@@ -142,13 +156,16 @@ def probes_table(results_dir='results') -> str:
     """Per run with a `probes.json` (the `probe` stage): Dice A with the interval that resamples the independent unit,
     HD95 / ASSD, and the text-use probes (null note, shuffled note, left/right swapped note)."""
     f = lambda x: '-' if x is None else f'{100 * x:.2f}'
-    lines = ['| dataset | model | seed | Dice A (95% CI over units) | unit (n) | HD95 / ASSD, px (undefined) | null note | '
+    lines = ['| dataset | model | seed | Dice A (95% CI over units) | unit (n) | HD95 / ASSD, px (undefined) | null '
+             'note | '
              'shuffled note | L/R swapped (n): original -> swapped |', '|' + '---|' * 9]
     for ds, model, seed, r in _probes(results_dir):
         bd = f"{r['hd95']:.2f} / {r['assd']:.2f} ({r['hd95_undefined']})" if r.get('hd95') is not None else '-'
         sw = (f"({r['text_swap_n']}) {f(r['text_swap_orig_dice_a'])} -> {f(r['text_swap_dice_a'])}" if 'text_swap_dice_a' in r else '-')
-        lines.append(f"| {ds} | {model} | {seed} | {f(r['dice_a'])} ({f(r['dice_a_cluster_ci_low'])}-{f(r['dice_a_cluster_ci_high'])}) | "
-                     f"{r['ci_unit']} ({r['n_units']}) | {bd} | {f(r.get('text_null_dice_a'))} | {f(r.get('text_shuffled_dice_a'))} | {sw} |")
+        lines.append(f"| {ds} | {model} | {seed} | {f(r['dice_a'])} "
+                     f"({f(r['dice_a_cluster_ci_low'])}-{f(r['dice_a_cluster_ci_high'])}) | "
+                     f"{r['ci_unit']} ({r['n_units']}) | {bd} | {f(r.get('text_null_dice_a'))} | "
+                     f"{f(r.get('text_shuffled_dice_a'))} | {sw} |")
     return '\n'.join(lines) if len(lines) > 2 else '_No probes yet (the `probe` stage)._'
 
 # %% ../nbs/71_report.ipynb #6cc88b09
@@ -159,9 +176,11 @@ MODEL_ORDER = ('unet', 'lvit', 'reclmis', 'tmca')
 PAPERS = {
     'qata': {'unet': (79.02, 69.46, '14.8 M', '50.3 G (batch 2)'), 'lvit': (83.66, 75.11, '29.7 M', '54.1 G (batch 2)'),
              'reclmis': (85.22, 77.00, '23.7 M', '24.1 G'), 'tmca': None},
-    'mosmed': {'unet': (64.60, 50.73, '14.8 M', '50.3 G (batch 2)'), 'lvit': (74.57, 61.33, '29.7 M', '54.1 G (batch 2)'),
+    'mosmed': {'unet': (64.60, 50.73, '14.8 M', '50.3 G (batch 2)'),
+               'lvit': (74.57, 61.33, '29.7 M', '54.1 G (batch 2)'),
                'reclmis': (77.48, 65.07, '23.7 M', '24.1 G'), 'tmca': None},
-    'monuseg': {'unet': (76.45, 62.86, '14.8 M', '-'), 'lvit': (80.36, 67.31, '29.7 M', '-'), 'reclmis': None, 'tmca': None},
+    'monuseg': {'unet': (76.45, 62.86, '14.8 M', '-'), 'lvit': (80.36, 67.31, '29.7 M', '-'), 'reclmis': None,
+                'tmca': None},
 }
 
 def _order(models): return sorted(models, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else 99, m))
@@ -169,18 +188,24 @@ def _order(models): return sorted(models, key=lambda m: (MODEL_ORDER.index(m) if
 def _g(x): return f'{x / 1e9:.2f} G' if x else '-'
 
 def comparison_table(results_dir='results', dataset='synth') -> str:
-    "One row per model of `dataset`: protocol A (95% CI) and B, params, MACs (run size / 224), CPU latency, training budget."
+    """One row per model of `dataset`: protocol A (95% CI) and B, params, MACs (run size / 224), CPU latency, training
+    budget."""
     rows = {model: (m, t) for ds, model, m, t in _rows(results_dir) if ds == dataset}
     if not rows: return f'_No results for {dataset} yet._'
-    lines = ['| model | Dice A (95% CI) | IoU A | Dice B | IoU B | params (total / inference) | MACs/image, run size | MACs/image, 224x224 '
+    lines = ['| model | Dice A (95% CI) | IoU A | Dice B | IoU B | params (total / inference) | MACs/image, run size '
+             '| MACs/image, 224x224 '
              '| CPU latency/image | epochs (best) | train time |', '|' + '---|' * 11]
     for model in _order(rows):
         m, t = rows[model]
         tt = sum(h.get('epoch_s', 0) for h in t.get('history', [])) or t.get('wall_s_this_run', 0)
-        lines.append(f"| {MODEL_NAMES.get(model, model)} | {100 * m['dice_a']:.2f} ({100 * m.get('dice_a_ci_low', 0):.1f}-"
-                     f"{100 * m.get('dice_a_ci_high', 0):.1f}) | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | {100 * m['iou_b']:.2f} | "
-                     f"{_params(t)} | {_g(m.get('macs_run'))} ({m.get('img_size', '?')} px) | {_g(m.get('macs_224'))} | "
-                     f"{(format(m['cpu_latency_ms'], '.1f') + ' ms') if 'cpu_latency_ms' in m else '-'} | {t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s |")
+        lines.append(f"| {MODEL_NAMES.get(model, model)} | {100 * m['dice_a']:.2f} "
+                     f"({100 * m.get('dice_a_ci_low', 0):.1f}-"
+                     f"{100 * m.get('dice_a_ci_high', 0):.1f}) | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | "
+                     f"{100 * m['iou_b']:.2f} | "
+                     f"{_params(t)} | {_g(m.get('macs_run'))} ({m.get('img_size', '?')} px) | {_g(m.get('macs_224'))} "
+                     f"| "
+                     f"{(format(m['cpu_latency_ms'], '.1f') + ' ms') if 'cpu_latency_ms' in m else '-'} | "
+                     f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s |")
     return '\n'.join(lines)
 
 def ranking_note(results_dir='results', dataset='synth') -> str:
@@ -188,7 +213,8 @@ def ranking_note(results_dir='results', dataset='synth') -> str:
     ci = {model: (m['dice_a_ci_low'], m['dice_a_ci_high'], m['dice_a']) for ds, model, m, _ in _rows(results_dir)
           if ds == dataset and 'dice_a_ci_low' in m}
     if len(ci) < 2: return ''
-    ms = sorted(ci, key=lambda k: -ci[k][2]); ahead, tied = [], []
+    ms = sorted(ci, key=lambda k: -ci[k][2])
+    ahead, tied = [], []
     for i, a in enumerate(ms):
         for b in ms[i + 1:]:
             (ahead if ci[a][0] > ci[b][1] else tied).append((a, b))
@@ -204,7 +230,8 @@ def paper_table(results_dir='results', dataset='qata') -> str:
     pub = PAPERS.get(dataset)
     if not pub: return ''
     ours = {model: m for ds, model, m, _ in _rows(results_dir) if ds == dataset}
-    lines = ['| model | published Dice | published IoU | published params / FLOPs | ours: Dice A | ours: IoU A |', '|' + '---|' * 6]
+    lines = ['| model | published Dice | published IoU | published params / FLOPs | ours: Dice A | ours: IoU A |',
+             '|' + '---|' * 6]
     for model in _order(set(pub) | set(ours)):
         p, o = pub.get(model), ours.get(model)
         lines.append(f"| {MODEL_NAMES.get(model, model)} | {p[0]:.2f} | {p[1]:.2f} | {p[2]} / {p[3]} | " if p else
@@ -221,12 +248,16 @@ def what_differs(results_dir='results', dataset='qata', data_dir=None) -> str:
     t = json.loads((dd / 'text.json').read_text()) if (dd / 'text.json').exists() else {}
     tr = next((json.loads(f.read_text()) for f in sorted(r.glob('*/s[0-9]*/train.json'))), {})
     sp = d['splits']
-    parts = [f"training on {sp['train']['n']} of {sp['train']['available']} training images and selecting on {sp['val']['n']} of "
+    parts = [f"training on {sp['train']['n']} of {sp['train']['available']} training images and selecting on "
+             f"{sp['val']['n']} of "
              f"{sp['val']['available']} validation images, all {sp['test']['n']} test images scored",
              f"{d['img_size']} px training, metrics at {d['eval_size']} px (published: 224 / 224)",
-             f"{tr.get('epochs_run', '?')} epochs on {tr.get('device', 'cpu').upper()} (published: 200-2000 epochs with early stopping on GPUs)"]
-    if t: parts.append(f"frozen {t['encoder']} text ({t['dim']}-d, {t['token_len']} tokens) instead of CLIP ViT-B/32 (RecLMIS) or BERT (LViT)")
-    if dataset.startswith('qata'): parts.append("SGSeg's cleaned captions instead of LViT's notes (same information, other wording)")
+             f"{tr.get('epochs_run', '?')} epochs on {tr.get('device', 'cpu').upper()} (published: 200-2000 epochs "
+             f"with early stopping on GPUs)"]
+    if t: parts.append(f"frozen {t['encoder']} text ({t['dim']}-d, {t['token_len']} tokens) instead of CLIP ViT-B/32 "
+                       f"(RecLMIS) or BERT (LViT)")
+    if dataset.startswith('qata'): parts.append("SGSeg's cleaned captions instead of LViT's notes (same information, "
+                                                "other wording)")
     return 'What differs: ' + '; '.join(parts) + '.'
 
 # %% ../nbs/71_report.ipynb #475a15b6
@@ -239,7 +270,9 @@ def _per_image(results_dir, dataset):
 
 def plot_comparison(results_dir='results', dataset='synth', path=None):
     "Two panels: test Dice A per model with its 95% bootstrap interval, and the per-image Dice A distributions."
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     rows = {model: m for ds, model, m, _ in _rows(results_dir) if ds == dataset}
     per = _per_image(results_dir, dataset)
     models = _order([k for k in rows if k in per])
@@ -247,47 +280,68 @@ def plot_comparison(results_dir='results', dataset='synth', path=None):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, k in enumerate(models):
         m = rows[k]
-        a.errorbar([i], [100 * m['dice_a']], yerr=[[100 * (m['dice_a'] - m['dice_a_ci_low'])], [100 * (m['dice_a_ci_high'] - m['dice_a'])]],
+        a.errorbar([i], [100 * m['dice_a']],
+                   yerr=[[100 * (m['dice_a'] - m['dice_a_ci_low'])], [100 * (m['dice_a_ci_high'] - m['dice_a'])]],
                    fmt='o', capsize=5, ms=7)
-    a.set_xticks(range(len(models)), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models]); a.set_ylabel('test Dice A (%)')
-    a.set_title(f'{dataset}: mean Dice A with 95% bootstrap interval', fontsize=9); a.grid(axis='y', alpha=.3)
+    a.set_xticks(range(len(models)), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models])
+    a.set_ylabel('test Dice A (%)')
+    a.set_title(f'{dataset}: mean Dice A with 95% bootstrap interval', fontsize=9)
+    a.grid(axis='y', alpha=.3)
     b.violinplot([100 * per[k].dice_a.to_numpy() for k in models], showmedians=True)
-    b.set_xticks(range(1, len(models) + 1), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models]); b.set_ylabel('per-image Dice A (%)')
-    b.set_title(f'{dataset}: per-image Dice A distribution', fontsize=9); b.grid(axis='y', alpha=.3)
+    b.set_xticks(range(1, len(models) + 1), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models])
+    b.set_ylabel('per-image Dice A (%)')
+    b.set_title(f'{dataset}: per-image Dice A distribution', fontsize=9)
+    b.grid(axis='y', alpha=.3)
     fig.tight_layout()
-    if path: save_figure(fig, path); plt.close(fig); return Path(path)
+    if path:
+        save_figure(fig, path)
+        plt.close(fig)
+        return Path(path)
     return fig
 
 def plot_panel(results_dir='results', dataset='synth', path=None):
-    "Qualitative panel: for the same test images, the image with its note, the ground truth, and every model's prediction."
-    import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; import textwrap, numpy as np
+    """Qualitative panel: for the same test images, the image with its note, the ground truth, and every model's
+    prediction."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import textwrap, numpy as np
     panels = {}
     for f in sorted(Path(results_dir).glob(f'{dataset}/*/s[0-9]*/panel.npz')): panels.setdefault(f.parent.parent.name, np.load(f))
     models = _order(panels)
     if not models: return None
-    ref = panels[models[0]]; n = len(ref['names'])
+    ref = panels[models[0]]
+    n = len(ref['names'])
     fig, axs = plt.subplots(n, 2 + len(models), figsize=(2.3 * (2 + len(models)), 2.5 * n), squeeze=False)
     for r in range(n):
         img, tg = ref['image'][r], ref['target'][r]
         draw_overlay(axs[r, 0], img, title='\n'.join(textwrap.wrap(str(ref['notes'][r]), 30)[:4]), fontsize=6)
         draw_overlay(axs[r, 1], img, target=tg, title='ground truth\n' if r == 0 else '', fontsize=8)
         for c, k in enumerate(models):
-            pz = panels[k]; j = list(pz['names']).index(ref['names'][r]) if ref['names'][r] in list(pz['names']) else None
+            pz = panels[k]
+            j = list(pz['names']).index(ref['names'][r]) if ref['names'][r] in list(pz['names']) else None
             thr = float(pz['threshold']) if 'threshold' in pz.files else 0.5
             draw_overlay(axs[r, 2 + c], img, pz['prob'][j] if j is not None else None, tg, thr,
                          MODEL_NAMES.get(k, k).split(' (')[0] + '\n' if r == 0 else '', fontsize=8)
             if j is not None:
                 pr, t = pz['prob'][j] > thr * 255, tg.astype(bool)
                 axs[r, 2 + c].set_xlabel(f'Dice {2 * (pr & t).sum() / (pr.sum() + t.sum() + 1e-5):.2f}', fontsize=7)
-    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
+    for ax in axs.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
-    if path: save_figure(fig, path, dpi=100); plt.close(fig); return Path(path)
+    if path:
+        save_figure(fig, path, dpi=100)
+        plt.close(fig)
+        return Path(path)
     return fig
 
-FIGURES = (('curves.png', 'training curves'), ('overlays.png', 'test overlays'), ('counterfactual.png', 'counterfactual notes'))
+FIGURES = (('curves.png', 'training curves'), ('overlays.png', 'test overlays'),
+           ('counterfactual.png', 'counterfactual notes'))
 
 def figures(results_dir='results', kinds=None) -> list[tuple[str, Path]]:
-    "(title, path) of the per-run PNGs under results/<dataset>/<model>/s<seed>/ (`kinds`: file names to include, default all)."
+    """(title, path) of the per-run PNGs under results/<dataset>/<model>/s<seed>/ (`kinds`: file names to include,
+    default all)."""
     out = []
     for d in sorted(p for p in Path(results_dir).glob('*/*/s[0-9]*') if p.is_dir()):
         for name, what in FIGURES:
@@ -310,5 +364,6 @@ def wording_table(results_dir='results') -> str:
         sh = (f"{r['text_swap_unilateral_n']} | {f(r.get('text_swap_share_named_orig'))} | "
               f"{f(r.get('text_swap_share_named_swapped'))}") if 'text_swap_unilateral_n' in r else '- | - | -'
         lines.append(f"| {ds} | {model} | {seed} | {r['text_paraphrase_n']} | "
-                     f"{f(r['text_paraphrase_canonical_dice_a'])} | {f(r['text_paraphrase_dice_a'])} | {ch:+.2f} | {sh} |")
+                     f"{f(r['text_paraphrase_canonical_dice_a'])} | {f(r['text_paraphrase_dice_a'])} | {ch:+.2f} | "
+                     f"{sh} |")
     return '\n'.join(lines) if len(lines) > 2 else '_No paraphrase probes yet (the `probe` stage of a text model)._'

@@ -45,7 +45,8 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
         if isinstance(e, WriteError): raise
         raise write_error(path, e) from e
     except BaseException:
-        tmp.unlink(missing_ok=True); raise
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 def write_text(path, text: str) -> Path:
@@ -82,10 +83,13 @@ class RunLock:
                                "or stop it; two runs at once would mix their checkpoints") from None
         me = {'pid': os.getpid(), 'host': socket.gethostname(), 'cmd': ' '.join(sys.argv)[:200],
               'since': time.strftime('%Y-%m-%d %H:%M:%S'), 'what': self.what}
-        os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
         self.fd = fd
         return self
 
     def __exit__(self, *exc):
-        if self.fd is not None: os.close(self.fd); self.fd = None   # closing the descriptor drops the flock
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None   # closing the descriptor drops the flock
         return False

@@ -19,7 +19,8 @@ __all__ = ['ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'study_runs', 'uptake
 
 # %% ../nbs/62_study.ipynb #0e9b82c0
 def study_runs(root, study: str) -> list[dict]:
-    "Every finished run of `study` under `root`/results/studies: dataset, model, seed, folder, train.json and metrics.json."
+    """Every finished run of `study` under `root`/results/studies: dataset, model, seed, folder, train.json and
+    metrics.json."""
     out = []
     for m in sorted(Path(root).glob(f'results/studies/{study}/*/*/s[0-9]*/metrics.json')):
         d = m.parent
@@ -38,13 +39,15 @@ def _uptake_row(r: dict, blind_val: float) -> dict:
 
 def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 'unet') -> dict | None:
     "Per model of `study` (the text-free `baseline` apart): one row per seed, with the blind ceiling of the dataset."
-    root = Path(root or project_root()); runs = study_runs(root, study)
+    root = Path(root or project_root())
+    runs = study_runs(root, study)
     if not runs: return None
     ds = runs[0]['dataset']
     data = json.loads((root / 'results/studies' / ds / 'data.json').read_text())
     blind_val, blind_test = data['splits']['val'].get('blind_dice'), data['splits']['test'].get('blind_dice')
     variants, base = {}, []
-    for r in sorted(runs, key=lambda r: p.studies[study].seeds.index(r['seed']) if r['seed'] in p.studies[study].seeds else 99):
+    for r in sorted(runs,
+                    key=lambda r: p.studies[study].seeds.index(r['seed']) if r['seed'] in p.studies[study].seeds else 99):
         row = _uptake_row(r, blind_val or 0)
         (base if r['model'] == baseline else variants.setdefault(r['model'], [])).append(row)
     machines = {json.dumps(m, sort_keys=True) for r in runs for m in r['train'].get('machines', [])}
@@ -56,34 +59,45 @@ def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 
 
 def uptake_table(d: dict) -> str:
     "The uptake study as a markdown table: per model, the test Dice A of each seed, the mean and SD, the uptake epochs."
-    lines = [f"{d['dataset']}, {d['epochs']} epochs, seeds {', '.join(map(str, d['seeds']))}, {d['threads_per_run']} CPU "
-             f"thread(s) per run. Text-blind ceiling (segment every opacity): validation Dice {100 * d['blind_val_dice']:.1f}, "
+    lines = [f"{d['dataset']}, {d['epochs']} epochs, seeds {', '.join(map(str, d['seeds']))}, {d['threads_per_run']} "
+             f"CPU "
+             f"thread(s) per run. Text-blind ceiling (segment every opacity): validation Dice "
+             f"{100 * d['blind_val_dice']:.1f}, "
              f"test {100 * d['blind_test_dice']:.1f}.", '',
              '| model | test Dice A per seed | mean (SD) | counterfactual Dice A, mean | uptake epoch per seed |',
              '|---|---|---|---|---|']
     bd = {r['seed']: r['test_dice_a'] for r in d['baseline']['runs']}
-    rows = list(d['variants'].items()) + ([(d['baseline']['model'] + ' (text-free)', d['baseline']['runs'])] if bd else [])
+    rows = list(d['variants'].items()) + ([(d['baseline']['model'] + ' (text-free)',
+                                            d['baseline']['runs'])] if bd else [])
     for name, rs in rows:
-        x = 100 * np.array([r['test_dice_a'] for r in rs]); cf = [r['cf_dice_a'] for r in rs if r['cf_dice_a'] is not None]
+        x = 100 * np.array([r['test_dice_a'] for r in rs])
+        cf = [r['cf_dice_a'] for r in rs if r['cf_dice_a'] is not None]
         up = ' / '.join(str(r['uptake_epoch'] or 'never') for r in rs) if name in d['variants'] else '-'
-        lines.append(f"| {name} | {' / '.join(f'{v:.1f}' for v in x)} | {x.mean():.1f} ({x.std(ddof=1) if len(x) > 1 else 0:.1f}) | "
+        lines.append(f"| {name} | {' / '.join(f'{v:.1f}' for v in x)} | {x.mean():.1f} "
+                     f"({x.std(ddof=1) if len(x) > 1 else 0:.1f}) | "
                      f"{100 * np.mean(cf) if cf else float('nan'):.1f} | {up} |")
     gaps = []
     for name, rs in d['variants'].items():
         g = [100 * (r['test_dice_a'] - bd[r['seed']]) for r in rs if r['seed'] in bd]
-        if g: gaps.append(f"{name}: {np.mean(g):+.1f} (per seed {min(g):+.1f} to {max(g):+.1f}; ahead at {sum(v > 0 for v in g)} "
+        if g: gaps.append(f"{name}: {np.mean(g):+.1f} (per seed {min(g):+.1f} to {max(g):+.1f}; ahead at "
+                          f"{sum(v > 0 for v in g)} "
                           f"of {len(g)} seeds)")
-    if gaps: lines += ['', 'Gap to the text-free baseline trained with the same seed, in Dice points: ' + '; '.join(gaps) + '.']
+    if gaps: lines += ['',
+                       'Gap to the text-free baseline trained with the same seed, in Dice points: ' + '; '.join(gaps) + '.']
     return '\n'.join(lines)
 
 # %% ../nbs/62_study.ipynb #05b7d05c
-def augment_summary(p: Params, root=None, study: str = 'augment', reference: tuple = ('compare', 'reclmis')) -> dict | None:
-    "One row per recipe: the study's variants and the `reference` (study, model) run trained with the configured recipe."
+def augment_summary(p: Params, root=None, study: str = 'augment',
+                    reference: tuple = ('compare', 'reclmis')) -> dict | None:
+    """One row per recipe: the study's variants and the `reference` (study, model) run trained with the configured
+    recipe."""
     from reclmis.params import resolve
-    root = Path(root or project_root()); runs = study_runs(root, study)
+    root = Path(root or project_root())
+    runs = study_runs(root, study)
     if not runs: return None
     ds, seed = runs[0]['dataset'], runs[0]['seed']
-    ref = [r for r in study_runs(root, reference[0]) if (r['dataset'], r['model'], r['seed']) == (ds, reference[1], seed)]
+    ref = [r for r in study_runs(root, reference[0]) if (r['dataset'], r['model'],
+                                                         r['seed']) == (ds, reference[1], seed)]
     rows = {}
     for r in ref + runs:
         m, h = r['metrics'], r['train'].get('history', [])
@@ -94,57 +108,73 @@ def augment_summary(p: Params, root=None, study: str = 'augment', reference: tup
                         'best_epoch': r['train'].get('best_epoch'), 'epochs': len(h),
                         'train_s': round(sum(e.get('epoch_s', 0) for e in h), 1)}
     q = resolve(p, ds, reference[1])
-    return {'study': study, 'dataset': ds, 'seed': seed, 'configured': q.train.augment, 'limit_train': q.datasets[ds].limit_train,
-            'img_size': q.datasets[ds].img_size, 'epochs': q.train.epochs, 'batch_size': q.train.batch_size, 'recipes': rows}
+    return {'study': study, 'dataset': ds, 'seed': seed, 'configured': q.train.augment,
+            'limit_train': q.datasets[ds].limit_train,
+            'img_size': q.datasets[ds].img_size, 'epochs': q.train.epochs, 'batch_size': q.train.batch_size,
+            'recipes': rows}
 
 def augment_table(d: dict) -> str:
     "The augmentation study as a markdown table."
-    lines = [f"RecLMIS on {d['dataset']} ({d['limit_train'] or 'all'} training images at {d['img_size']} px, {d['epochs']} "
-             f"epochs, batch {d['batch_size']}, seed {d['seed']}). Side swap: Dice A against the original target with the "
+    lines = [f"RecLMIS on {d['dataset']} ({d['limit_train'] or 'all'} training images at {d['img_size']} px, "
+             f"{d['epochs']} "
+             f"epochs, batch {d['batch_size']}, seed {d['seed']}). Side swap: Dice A against the original target with "
+             f"the "
              "original note -> with left and right swapped in the note (a model that reads the side loses Dice).", '',
-             '| recipe | run | test Dice A (95% CI) | IoU A | Dice B | side swap | best epoch | train time |', '|' + '---|' * 8]
+             '| recipe | run | test Dice A (95% CI) | IoU A | Dice B | side swap | best epoch | train time |',
+             '|' + '---|' * 8]
     for name, r in d['recipes'].items():
         sw = f"{100 * r['side_swap_orig']:.2f} -> {100 * r['side_swap_swapped']:.2f}" if r.get('side_swap_orig') is not None else '-'
-        lines.append(f"| {name}{' (configured)' if name == d['configured'] else ''} | {r['model']} | {100 * r['test_dice_a']:.2f} "
-                     f"({100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f}) | {100 * r['iou_a']:.2f} | {100 * r['dice_b']:.2f} | {sw} | "
+        lines.append(f"| {name}{' (configured)' if name == d['configured'] else ''} | {r['model']} | "
+                     f"{100 * r['test_dice_a']:.2f} "
+                     f"({100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f}) | {100 * r['iou_a']:.2f} | "
+                     f"{100 * r['dice_b']:.2f} | {sw} | "
                      f"{r['best_epoch']} of {r['epochs']} | {r['train_s']:.0f} s |")
     return '\n'.join(lines)
 
 # %% ../nbs/62_study.ipynb #07b03366
 def unit_of(name: str) -> str:
-    "The independent unit of a test image: its subject (`sub-s...` prefix, QaTa-COV19) where the name encodes one, else itself."
+    """The independent unit of a test image: its subject (`sub-s...` prefix, QaTa-COV19) where the name encodes one,
+    else itself."""
     m = re.match(r'(?:mask_)?(sub-s\d+)', str(name), flags=re.I)
     return m.group(1).lower() if m else str(name)
 
 def holm(p) -> np.ndarray:
     "Holm's step-down adjusted p-values (family-wise error control), in the input order."
-    p = np.asarray(p, float); n = len(p); order = np.argsort(p)
+    p = np.asarray(p, float)
+    n = len(p)
+    order = np.argsort(p)
     adj = np.minimum(1, np.maximum.accumulate((n - np.arange(n)) * p[order]))
-    out = np.empty(n); out[order] = adj
+    out = np.empty(n)
+    out[order] = adj
     return out
 
 def paired_test(diff, units, n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean of the per-image differences `diff` with a cluster-bootstrap 95% interval over `units` and a two-sided
     sign-flip permutation p-value over units."""
-    diff = np.asarray(diff, float); u, inv = np.unique(np.asarray(units), return_inverse=True)
+    diff = np.asarray(diff, float)
+    u, inv = np.unique(np.asarray(units), return_inverse=True)
     s, c = np.bincount(inv, diff, len(u)), np.bincount(inv, minlength=len(u)).astype(float)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(u), (n_boot, len(u)))
     boot = s[idx].sum(1) / c[idx].sum(1)
     signs = rng.choice([-1.0, 1.0], (n_boot, len(u)))
-    obs = s.sum() / c.sum(); null = (signs * s).sum(1) / c.sum()
+    obs = s.sum() / c.sum()
+    null = (signs * s).sum(1) / c.sum()
     p = (1 + (np.abs(null) >= abs(obs) - 1e-12).sum()) / (n_boot + 1)
     return {'diff': float(obs), 'ci_low': float(np.quantile(boot, .025)), 'ci_high': float(np.quantile(boot, .975)),
             'p': float(p), 'n_units': int(len(u)), 'n_images': int(len(diff))}
 
 # %% ../nbs/62_study.ipynb #3631f2ee
 def compare_pairs(root=None, study: str = 'compare', n_boot: int = 2000, seed: int = 0) -> dict:
-    "Per dataset of `study`: every pair of its models (same seed), paired test on Dice A in points, Holm across the pairs."
+    """Per dataset of `study`: every pair of its models (same seed), paired test on Dice A in points, Holm across the
+    pairs."""
     import pandas as pd
-    root = Path(root or project_root()); out = {}
+    root = Path(root or project_root())
+    out = {}
     runs = study_runs(root, study)
     for ds in sorted({r['dataset'] for r in runs}):
-        per = {(r['model'], r['seed']): pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']] for r in runs if r['dataset'] == ds}
+        per = {(r['model'], r['seed']): pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']]
+               for r in runs if r['dataset'] == ds}
         pairs = []
         for (a, sa) in sorted(per):
             for (b, sb) in sorted(per):
@@ -153,10 +183,12 @@ def compare_pairs(root=None, study: str = 'compare', n_boot: int = 2000, seed: i
                 t = paired_test(100 * (j.dice_a_a - j.dice_a_b).to_numpy(), [unit_of(n) for n in j.name], n_boot, seed)
                 pairs.append({'a': a, 'b': b, 'seed': sa, **t})
         for pr, ph in zip(pairs, holm([x['p'] for x in pairs]) if pairs else []):
-            pr['p_holm'] = float(ph); pr['claim'] = ((f"{pr['a']} > {pr['b']}" if pr['diff'] > 0 else f"{pr['b']} > {pr['a']}")
-                                                     if ph < 0.05 else 'no ranking')
+            pr['p_holm'] = float(ph)
+            win = f"{pr['a']} > {pr['b']}" if pr['diff'] > 0 else f"{pr['b']} > {pr['a']}"
+            pr['claim'] = win if ph < 0.05 else 'no ranking'
         units = {unit_of(n) for df in per.values() for n in df.name}
-        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image', 'n_units': len(units),
+        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
+                   'n_units': len(units),
                    'metric': 'dice_a (points)', 'pairs': pairs}
     return out
 
@@ -165,7 +197,8 @@ def pairs_table(d: dict) -> str:
     lines = [f"Resampling unit: {d['ci_unit']} ({d['n_units']} units). Difference a - b of Dice A in points.", '',
              '| a | b | a - b | 95% CI (cluster bootstrap) | p | p (Holm) | ranking |', '|' + '---|' * 7]
     for x in d['pairs']:
-        lines.append(f"| {x['a']} | {x['b']} | {x['diff']:+.2f} | {x['ci_low']:+.2f} to {x['ci_high']:+.2f} | {x['p']:.4f} | "
+        lines.append(f"| {x['a']} | {x['b']} | {x['diff']:+.2f} | {x['ci_low']:+.2f} to {x['ci_high']:+.2f} | "
+                     f"{x['p']:.4f} | "
                      f"{x['p_holm']:.4f} | {x['claim']} |")
     return '\n'.join(lines)
 
@@ -187,7 +220,8 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
     paired test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts.
     The full model's runs come from the `reference` (study, model) where `study` does not train it itself: the same
     configuration at the same seeds and threads (so the same weights), trained once."""
-    root = Path(root or project_root()); runs = study_runs(root, study)
+    root = Path(root or project_root())
+    runs = study_runs(root, study)
     if not runs: return None
     have = {(r['dataset'], r['model']) for r in runs}
     runs += [r for r in (study_runs(root, reference[0]) if reference else [])
@@ -214,7 +248,8 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
             rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, **t})
         for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
         units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
-        out[ds] = {'reference': f'{reference[0]}/{reference[1]}' if reference else None, 'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
+        out[ds] = {'reference': f'{reference[0]}/{reference[1]}' if reference else None,
+                   'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
                    'n_units': len(units), 'metric': 'dice_a (points), seed-averaged per image', 'models': models,
                    'contrasts': rows}
     return out
@@ -261,7 +296,8 @@ def notes_summary(p: Params, root=None, study: str = 'notes') -> dict | None:
             for k in list(row):
                 if k == 'seeds': continue
                 v = row[k]
-                row[k] = {'mean': float(np.mean(v)), 'sd': float(np.std(v, ddof=1)) if len(v) > 1 else None, 'values': v}
+                row[k] = {'mean': float(np.mean(v)), 'sd': float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                          'values': v}
     return out
 
 def notes_table(d: dict) -> str:
@@ -285,7 +321,8 @@ TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_tab
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
     "Write `out`/summary-<study>.json from the study's runs (one stage per study: its deps are that study's results)."
-    root = Path(root or project_root()); out = root / out
+    root = Path(root or project_root())
+    out = root / out
     if study not in SUMMARIES: raise ValueError(f"no summary for study '{study}'; known: {', '.join(SUMMARIES)}")
     t0 = time.time()
     s = SUMMARIES[study](p, root)

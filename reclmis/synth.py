@@ -189,7 +189,8 @@ def _layout(rng, min_lesions, max_lesions, p_distractor, p_crossed):
     has_d = k >= 2 and rng.random() < p_distractor
     if has_d and k >= 3 and rng.random() < p_crossed:
         l1, l2 = (int(v) for v in rng.choice(3, 2, replace=False))
-        desc, cross = [l1, 3 + l2], [3 + l1, l2]                             # e.g. upper-left + lower-right vs upper-right + lower-left
+        desc, cross = [l1, 3 + l2], [3 + l1,
+                                     l2]                             # e.g. upper-left + lower-right vs upper-right + lower-left
         if k == 3: cross = [cross[rng.integers(2)]]
         rest = [z for z in range(6) if z not in desc + cross]
         extra = [int(z) for z in rng.choice(rest, k - 4, replace=False)] if k > 4 else []
@@ -209,7 +210,8 @@ def lungs_for(sides: str = 'image') -> np.ndarray:
     return (LUNGS[::-1] if sides == 'image' else LUNGS).copy()
 
 def _make_one(rng, size, min_lesions, max_lesions, p_distractor, p_crossed, noise, jitter, sides='image'):
-    lz, desc, crossed = _layout(rng, min_lesions, max_lesions, p_distractor, p_crossed)  # first: notes don't depend on size
+    lz, desc, crossed = _layout(rng, min_lesions, max_lesions, p_distractor,
+                                p_crossed)  # first: notes don't depend on size
     lungs = lungs_for(sides)
     lungs[:, 0] += rng.uniform(-0.012, 0.012, 2) * jitter
     lungs[:, 1] += rng.uniform(-0.015, 0.015) * jitter
@@ -270,7 +272,9 @@ def make_synth(n: int, size: int = 64, seed: int = 0, min_lesions: int = 1, max_
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))  # = SeedSequence(seed).spawn(n)[i]
         images[i], zonemaps[i], lz, desc, crossed = _make_one(rng, size, min_lesions, max_lesions,
                                                              p_distractor, p_crossed, noise, jitter, sides)
-        lzs.append(lz); descs.append(desc); crosses.append(crossed)
+        lzs.append(lz)
+        descs.append(desc)
+        crosses.append(crossed)
     masks = np.stack([mask_for_zones(zm, d) for zm, d in zip(zonemaps, descs)]) if n else np.zeros_like(zonemaps)
     return SynthSet(images, masks, zonemaps, lzs, descs, [zones_to_note(d) for d in descs], crosses, params)
 
@@ -298,7 +302,8 @@ def synth_stats(s: SynthSet) -> dict:
         distractor_pixel_share=float(dis.sum() / max(op.sum(), 1)),
         opacity_px=px(op), mask_px=px(gt),
         described_px_per_lesion=float(gt.sum() / max(sum(map(len, s.described)), 1)),
-        distractor_px_per_lesion=float(dis.sum() / max(sum(len(l) - len(d) for l, d in zip(s.lesion_zones, s.described)), 1)),
+        distractor_px_per_lesion=float(dis.sum() / max(sum(len(l) - len(d) for l,
+                                                           d in zip(s.lesion_zones, s.described)), 1)),
         described_mean_intensity=float(s.images[gt].mean()) if gt.any() else float('nan'),
         distractor_mean_intensity=float(s.images[dis].mean()) if dis.any() else float('nan'),
         blind_dice=mean([_dice(z > 0, m) for z, m in zip(s.zonemaps, s.masks)]),
@@ -340,7 +345,8 @@ def read_synth(folder) -> SynthSet:
                     json.loads(meta.read_text()) if meta.exists() else {})
 
 # %% ../nbs/11_synth.ipynb #824febb8
-def counterfactual(zonemap: np.ndarray, lesion_zones: Iterable[int], described: Iterable[int], rng=None, disjoint: bool = False):
+def counterfactual(zonemap: np.ndarray, lesion_zones: Iterable[int], described: Iterable[int], rng=None,
+                   disjoint: bool = False):
     """A different non-empty set of the image's opacity zones, its note and its uint8 mask [H,W]; None if the image has < 2
     opacities. `disjoint`: only sets sharing no zone with `described` (the undescribed opacities; None if there are none)."""
     lz, desc = _zone_ids(lesion_zones), _zone_ids(described)

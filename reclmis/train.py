@@ -36,7 +36,8 @@ def bce_loss(logits, target, balanced: bool = False):
     pos, neg = target, 1 - target
     return (0.5 * pos * bce / pos.sum().clamp_min(1e-12) + 0.5 * neg * bce / neg.sum().clamp_min(1e-12)).sum()
 
-def seg_loss(logits, target, seg_weight: float, dice_weight: float, bce_weight: float, bce: str) -> tuple[torch.Tensor, dict]:
+def seg_loss(logits, target, seg_weight: float, dice_weight: float, bce_weight: float,
+             bce: str) -> tuple[torch.Tensor, dict]:
     """`seg_weight * (dice_weight * Dice + bce_weight * BCE)`, the BCE `plain` or `balanced`: a model's official loss
     comes from its params section (`registry.model_loss`). Returns (loss, parts for logging)."""
     if bce not in ('plain', 'balanced'): raise ValueError(f"seg_loss: bce is {bce!r}; use 'plain' or 'balanced'")
@@ -48,12 +49,14 @@ def seg_loss(logits, target, seg_weight: float, dice_weight: float, bce_weight: 
 # %% ../nbs/40_train.ipynb #ddc9fd6a
 def make_optimizer(params, cfg: TrainParams):
     "Adam (official; no weight decay unless train.weight_decay > 0)."
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)   # one multi-tensor step (CPU too)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            foreach=True)   # one multi-tensor step (CPU too)
 
 def make_scheduler(opt, cfg: TrainParams):
     "Per-epoch LR schedule: sgdr (official 'cosineLR'), exp (official MosMed+), constant."
     if cfg.schedule == 'sgdr':
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.sgdr_t0, T_mult=1, eta_min=cfg.sgdr_eta_min)
+        sgdr = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+        return sgdr(opt, T_0=cfg.sgdr_t0, T_mult=1, eta_min=cfg.sgdr_eta_min)
     if cfg.schedule == 'exp':
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: max(cfg.exp_gamma ** e, cfg.exp_floor))
     if cfg.schedule == 'constant': return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
@@ -89,7 +92,8 @@ def supersede(out_dir, reason: str) -> list[Path]:
     for name in ('last.pt', 'best.pt'):
         if (out_dir / name).exists():
             (out_dir / 'superseded').mkdir(exist_ok=True)
-            os.replace(out_dir / name, out_dir / 'superseded' / name); moved.append(out_dir / 'superseded' / name)
+            os.replace(out_dir / name, out_dir / 'superseded' / name)
+            moved.append(out_dir / 'superseded' / name)
     if moved: print(f"{reason}: moved {', '.join(p.name for p in moved)} to {out_dir / 'superseded'}; starting afresh")
     return moved
 
@@ -102,7 +106,8 @@ def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator, 
                                           'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}, Path(path))
 
 def load_checkpoint(ck, model, opt=None, sched=None, gen=None, map_location='cpu') -> dict:
-    "Restore a checkpoint written by `save_checkpoint` (a path, or the dict already loaded; strict key matching); returns its `state`."
+    """Restore a checkpoint written by `save_checkpoint` (a path, or the dict already loaded; strict key matching);
+    returns its `state`."""
     if not isinstance(ck, dict): ck = read_checkpoint(ck, _LAST_KEYS)
     model.load_state_dict(ck['model'])
     if opt is not None: opt.load_state_dict(ck['opt'])
@@ -134,7 +139,8 @@ def default_loss(seg: dict):
         loss, parts = seg_loss(logits, batch['mask'], **seg)
         for k, v in (out.get('losses', {}) if isinstance(out, dict) else {}).items():
             w = out.get('weights', {}).get(k, 1.0)
-            loss = loss + w * v; parts[k] = v.detach()
+            loss = loss + w * v
+            parts[k] = v.detach()
         return loss, parts
     return f
 
@@ -146,7 +152,9 @@ def train_step(model, batch: dict, opt, loss_fn: Callable, forward: Callable = d
     with ctx if ctx is not None else nullcontext(): out = forward(model, batch)
     loss, parts = loss_fn(out, batch)
     if check is not None: check(loss, parts)
-    opt.zero_grad(set_to_none=True); (loss if scale is None else loss * scale).backward(); opt.step()
+    opt.zero_grad(set_to_none=True)
+    (loss if scale is None else loss * scale).backward()
+    opt.step()
     return loss, parts
 
 def autocast_ctx(device: torch.device, amp: str = 'bf16'):
@@ -158,7 +166,8 @@ def autocast_ctx(device: torch.device, amp: str = 'bf16'):
 def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf16', threshold=0.5) -> float:
     """Mean official hard validation Dice over `split`. In a process group each rank scores its contiguous share
     (`distributed.rank_range`) and the sums are added over the ranks: the mean of the whole split, on every rank."""
-    model.eval(); tot, n = 0.0, 0
+    model.eval()
+    tot, n = 0.0, 0
     rank, W = world()
     share = rank_range(len(split), W, rank)
     for idx in batches(len(share), batch_size):
@@ -166,7 +175,8 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
         b = get_batch(split, idx)
         with autocast_ctx(device, amp): out = forward(model, b)
         logits = out['logits'] if isinstance(out, dict) else out
-        tot = tot + hard_dice_val(torch.sigmoid(logits.float()), b['mask'], threshold).sum(); n += len(idx)
+        tot = tot + hard_dice_val(torch.sigmoid(logits.float()), b['mask'], threshold).sum()
+        n += len(idx)
     if W > 1:
         t = all_sum(torch.tensor([float(tot), float(n)], dtype=torch.float64, device=device))
         return float(t[0]) / max(float(t[1]), 1)
@@ -192,7 +202,8 @@ def _resumable(last: Path, fp: str) -> dict | None:
     if last.exists():
         try: ck = read_checkpoint(last, _LAST_KEYS)        # RNG states must stay on the CPU
         except CheckpointError as e:
-            bad = last.with_name('last.pt.corrupt'); os.replace(last, bad)
+            bad = last.with_name('last.pt.corrupt')
+            os.replace(last, bad)
             raise CheckpointError(f"{e}. It was moved to {bad}: run the same command again to train this run afresh "
                                   "(best.pt and the results stay until the new run replaces them)") from e
         if ck['state'].get('fingerprint') == fp: return ck
@@ -221,15 +232,18 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     rank 0 writes; with one process every step is the single-process computation, unchanged."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
-    if len(train) == 0 or len(val) == 0: raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} images)")
+    if len(train) == 0 or len(val) == 0: raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} "
+                                                          f"images)")
     rank, W = world()
     device = torch.device(device)
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if loss_fn is None and seg is None:
         raise ValueError("fit: pass seg (the model's loss settings: registry.model_loss(name)) or loss_fn")
     loss_fn = loss_fn or default_loss(seg)
     if W > 1 and cfg.sync_bn: model = convert_sync_bn(model, device)     # BatchNorm over the global batch
-    model.to(device); train, val = train.to(device), val.to(device)
+    model.to(device)
+    train, val = train.to(device), val.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
     step_model = model
     if W > 1:
@@ -237,7 +251,8 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         step_model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None,
                          static_graph=True)   # the same modules every step; some never run (official count parity)
     step_model = torch.compile(step_model) if cfg.compile else step_model
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg); sched = make_scheduler(opt, cfg)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    sched = make_scheduler(opt, cfg)
     gen = torch.Generator(device=device if device.type == 'cuda' else 'cpu').manual_seed(seed)
     if W > 1: torch.manual_seed(seed + rank)                              # dropout differs by rank; batches do not
     sync_every = cfg.sync_every or (1 if device.type == 'cpu' else 0)     # 0: once per epoch
@@ -258,7 +273,8 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     live = None
     if live_dir is not None and rank == 0:
         from dvclive import Live
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resumed and (Path(live_dir) / 'metrics.json').exists())
+        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False,
+                    resume=resumed and (Path(live_dir) / 'metrics.json').exists())
     t0 = time.time()
 
     def check(loss, parts, epoch):
@@ -268,11 +284,13 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
 
     for epoch in range(state['epoch'] + 1, cfg.epochs):
         if state['done']: break
-        model.train(); sums, n, te = {}, 0, time.time()
+        model.train()
+        sums, n, te = {}, 0, time.time()
         bar = tqdm(list(batches(len(train), cfg.batch_size * W, shuffle=True, generator=gen)),
                    desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not progress or rank > 0, leave=False)
         for step, idx in enumerate(bar):
-            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise, cfg.note_augment)    # the global batch, the same on every rank
+            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise,
+                          cfg.note_augment)    # the global batch, the same on every rank
             b, share = rank_slice(b, W, rank)
             if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
             chk = (lambda l, pt: check(l, pt, epoch)) if sync_every and step % sync_every == 0 else None
@@ -293,14 +311,16 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
         sched.step()
         rec = {'epoch': epoch + 1, 'lr': lr, 'val_dice': vd, **{f'train_{k}': v / n for k, v in sums.items()},
                'epoch_s': round(time.time() - te, 2)}
-        state['history'].append(rec); state['epoch'] = epoch
+        state['history'].append(rec)
+        state['epoch'] = epoch
         if vd > state['best_dice']:
             state['best_dice'], state['best_epoch'] = vd, epoch
             if rank == 0:
                 _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp,
                               'spec': meta or {}}, best)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
-        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes, device)   # NCCL: on the GPU
+        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes,
+                          device)   # NCCL: on the GPU
         state['stopped'] = stop
         state['done'] = stop or epoch + 1 == cfg.epochs     # a time limit is not the end: the next run resumes
         ranks_rng = gather_obj(torch.get_rng_state()) if W > 1 else None
