@@ -4,7 +4,7 @@
 
 # %% ../nbs/53_bench.ipynb #7bf4d1f3
 from __future__ import annotations
-import json, os, platform, subprocess, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, os, sys
 from pathlib import Path
 from .core import project_root
-from .params import load_params
+from .config import load_params
 
 # %% auto #0
 __all__ = ['main']
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _params_cmd(a) -> int:
     "`reclmis params [--sync]`: list what disagrees with the declarations; with --sync, regenerate the comments first."
-    from reclmis.params import sync_params_yaml, params_drift
+    from reclmis.config import sync_params_yaml, params_drift
     from reclmis.safeio import write_text
     path = Path(a.params) if a.params else project_root() / 'params.yaml'
     if a.sync: write_text(path, sync_params_yaml(path.read_text()))
@@ -124,7 +124,9 @@ def _main(argv=None):
         r = pl.train_stage(a.dataset, a.model, p, seed=a.seed, study=a.study)
         if os.environ.get('RANK',
                           '0') == '0': print({k: v for k, v in r.items() if k != 'history'})   # torchrun: rank 0
-    elif a.cmd == 'evaluate': print(json.dumps(pl.evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study),
+    elif a.cmd == 'evaluate':
+        from reclmis.evaluate import evaluate_stage
+        print(json.dumps(evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study),
                                                indent=1))
     return 0
 

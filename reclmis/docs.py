@@ -4,7 +4,7 @@
 
 # %% ../nbs/74_docs.ipynb #6fc2c5b2
 from __future__ import annotations
-import base64, configparser, html, json, os, re, shutil, subprocess, sys, tempfile, time
+import configparser, html, json, os, re, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

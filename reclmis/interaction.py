@@ -6,7 +6,6 @@
 from __future__ import annotations
 import torch
 from torch import nn
-from .unet import n_params
 
 # %% auto #0
 __all__ = ['sincos_2d', 'ConditionedInteraction', 'InterestHead']

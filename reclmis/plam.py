@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .unet import UNetEncoder, UNetDecoder, n_params
+from .unet import UNetEncoder, UNetDecoder
 
 # %% auto #0
 __all__ = ['PLAM', 'UNetPLAM']

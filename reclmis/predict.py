@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from .core import DataError, project_root
 from .data import read_image, resize_bilinear
 from .text import check_note, make_text_encoder, pad_eof, apply_standardize, note_warnings, note_lengths, unknown_share
-from .pipeline import load_checkpoint_model, paths
+from .pipeline import paths
+from .evaluate import load_checkpoint_model
 
 # %% auto #0
 __all__ = ['Segmenter', 'save_prediction', 'predict']

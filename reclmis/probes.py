@@ -4,12 +4,13 @@
 
 # %% ../nbs/51_probes.ipynb #2efac821
 from __future__ import annotations
-import json, time, warnings
+import time, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from .core import project_root, get_device
-from .params import Params, resolve, base_model
+from .params import Params
+from .config import resolve, base_model
 from .study import unit_of
 from .safeio import RunLock, write_json
 
@@ -120,7 +121,6 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
     """Probe the run's best checkpoint on the test split: cluster CI of Dice A, HD95/ASSD, and (text models) the null,
     shuffled and left/right-swapped notes. Writes `probes.json` beside the run's metrics.json."""
     from reclmis import pipeline as pl
-    from reclmis.dataset import Split
     root = Path(root or project_root())
     q = resolve(p, dataset, model, study)
     base = base_model(p, model)
@@ -131,16 +131,16 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
 
 def _probe(dataset, model, q, base, seed, pa) -> dict:
     "The body of `probe_stage`, under the run's lock."
-    from reclmis import pipeline as pl
+    from reclmis import pipeline as pl, evaluate as ev
     from reclmis.dataset import Split
     device = get_device(q.run.device, q.run.threads)
     t0 = time.time()
     te, bank = pl._with_text(base, pl.load_split(pa['prepared'] / 'test.npz'), pa, q=q)
-    net = pl.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0,
+    net = ev.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0,
                        train_json=pa['train_json'])
     target = te.extra.get('masks_eval', te.masks)
     thr, bs, S = q.evaluate.threshold, q.evaluate.batch_size, target.shape[-1]
-    prob = pl.predict_split(net, te, bs, device, S, q.run.amp)
+    prob = ev.predict_split(net, te, bs, device, S, q.run.amp)
     dice = _dice(prob, target, thr)
     units = [unit_of(n) for n in te.names]
     lo, hi = cluster_ci(dice, units, q.evaluate.n_boot, q.run.seed)
@@ -155,18 +155,18 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
            'distance_unit': f'pixels at {S} px'}
     if bank is not None:
         null = _null_split(te, base, q, bank, device)
-        out['text_null_dice_a'] = float(_dice(pl.predict_split(net, null, bs, device, S, q.run.amp), target,
+        out['text_null_dice_a'] = float(_dice(ev.predict_split(net, null, bs, device, S, q.run.amp), target,
                                               thr).mean())
         perm = torch.as_tensor(derangement(len(te), q.run.seed))
         sh = Split(te.images, te.masks, te.notes, te.note_idx[perm], te.mirror_idx, te.names, te.extra, te.text,
                    te.text_mask)
-        out['text_shuffled_dice_a'] = float(_dice(pl.predict_split(net, sh, bs, device, S, q.run.amp), target,
+        out['text_shuffled_dice_a'] = float(_dice(ev.predict_split(net, sh, bs, device, S, q.run.amp), target,
                                                   thr).mean())
         out['text_shuffled_same_note'] = float((te.note_idx[perm] == te.note_idx).float().mean())
-        sw = pl.side_swap_split(te)
+        sw = ev.side_swap_split(te)
         if len(sw):
             sw, _ = pl._with_text(base, sw, pa, bank)
-            ps = pl.predict_split(net, sw, bs, device, S, q.run.amp)
+            ps = ev.predict_split(net, sw, bs, device, S, q.run.amp)
             keep = [te.names.index(n) for n in sw.names]
             out.update(text_swap_n=len(sw), text_swap_orig_dice_a=float(dice[keep].mean()),
                        text_swap_dice_a=float(_dice(ps, sw.extra['masks_orig'], thr).mean()))
@@ -174,7 +174,7 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
             out.update(_side_shares(te, sw, keep, prob, ps, thr, sides))
         para = paraphrase_split(te, bank, q.run.seed)
         if para is not None:
-            pp, at = pl.predict_split(net, para, bs, device, S, q.run.amp), para.extra['orig_idx']
+            pp, at = ev.predict_split(net, para, bs, device, S, q.run.amp), para.extra['orig_idx']
             out.update(text_paraphrase_n=len(para), text_paraphrase_canonical_dice_a=float(dice[at.numpy()].mean()),
                        text_paraphrase_dice_a=float(_dice(pp, target[at], thr).mean()),
                        text_paraphrase_example=para.notes[int(para.note_idx[0])])

@@ -8,7 +8,6 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .unet import n_params
 
 # %% auto #0
 __all__ = ['MASK_MODES', 'sample_mask', 'apply_mask', 'ConditionedAttention', 'ReconstructionLayer', 'ConditionedReconstructor',

@@ -7,7 +7,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, asdict, fields, is_dataclass, MISSING
 from .core import ParamsError
-from .params import MODELS, LOSS_KEYS, ModelParams, from_dict
+from .params import MODELS, LOSS_KEYS, ModelParams
+from .config import from_dict
 from .unet import UNet
 from .reclmis import RecLMIS
 from .lvit import LViT

@@ -91,7 +91,7 @@ def augment_summary(p: Params, root=None, study: str = 'augment',
                     reference: tuple = ('compare', 'reclmis')) -> dict | None:
     """One row per recipe: the study's variants and the `reference` (study, model) run trained with the configured
     recipe."""
-    from reclmis.params import resolve
+    from reclmis.config import resolve
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None

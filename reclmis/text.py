@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_text.ipynb #32b7961b
 from __future__ import annotations
-import gzip, html, importlib.util, json, os, re
+import importlib.util, os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path

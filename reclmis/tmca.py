@@ -4,7 +4,6 @@
 
 # %% ../nbs/37_tmca.ipynb #977516ab
 from __future__ import annotations
-import math
 import torch
 from torch import nn
 import torch.nn.functional as F

@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_train.ipynb #3c656aab
 from __future__ import annotations
-import json, math, os, pickle, time, warnings, zipfile
+import math, os, pickle, time, zipfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import CheckpointError, machine
-from .params import TrainParams, fingerprint, identity
+from .params import TrainParams
+from .config import fingerprint, identity
 from .safeio import torch_save
 from .distributed import (world, rank_slice, rank_range, all_sum, all_any, broadcast_obj, gather_obj,
                                  convert_sync_bn)
@@ -21,7 +22,7 @@ from .dataset import Split, batches, get_batch
 # %% auto #0
 __all__ = ['soft_dice_loss', 'bce_loss', 'seg_loss', 'make_optimizer', 'make_scheduler', 'read_checkpoint', 'supersede',
            'save_checkpoint', 'load_checkpoint', 'hard_dice_val', 'default_forward', 'default_loss', 'train_step',
-           'autocast_ctx', 'evaluate_val', 'fit']
+           'autocast_ctx', 'evaluate_val', 'train_epoch', 'fit']
 
 # %% ../nbs/40_train.ipynb #5363296c
 def soft_dice_loss(prob, target, weight: float = 0.5, eps: float = 1e-5):
@@ -212,38 +213,18 @@ def _resumable(last: Path, fp: str) -> dict | None:
     supersede(last.parent, why)
     return None
 
-def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=torch.device('cpu'), amp: str = 'bf16',
-        seed: int = 3407, seg: dict | None = None, forward: Callable = default_forward, loss_fn: Callable | None = None,
-        live_dir=None, run_fingerprint: str = '', progress: bool = True, meta: dict | None = None) -> dict:
-    """Train `model` on `train`, select on `val`, checkpoint to `out_dir/{last,best}.pt`, resume from `last.pt`
-    when its fingerprint matches. The loss is `loss_fn`, else `default_loss(seg)` (`seg`: the model's loss settings,
-    `registry.model_loss`). `meta` (e.g. how to rebuild the model) is stored in `best.pt` as `spec`. The fingerprint
-    (`run_fingerprint`, else the identity knobs of `cfg` and `seg`) leaves out the epoch count: a run finished at
-    `cfg.epochs` = N and asked for M > N resumes and trains epochs N+1..M, as a run asked for M from the start would
-    (unless it stopped early).
-    Returns the final state (best_dice, best_epoch, epochs_run, history, machines: `core.machine()` of each run that trained).
+def _check_finite(loss, parts, epoch):
+    "Stop every rank together on a non-finite training loss, naming the epoch and the loss parts."
+    if all_any(not bool(torch.isfinite(loss).all()), loss.device):
+        raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} (parts: "
+                                 f"{ {k: float(v) for k, v in parts.items()} }); lower train.lr or check the data")
 
-    GPU path: the splits live on the device as uint8, batch order and flips are drawn by a generator on the device,
-    losses are accumulated on the device and read once per epoch (`train.sync_every`), optional channels-last memory
-    format (`train.channels_last`) and `torch.compile` (`train.compile`), bf16 autocast (`run.amp`).
-
-    Inside a process group (`reclmis.distributed`, launched by torchrun) the model is wrapped in DDP, each rank trains
-    on its chunk of every global batch (`train.batch_size` x world size), validation is sharded and summed, and only
-    rank 0 writes; with one process every step is the single-process computation, unchanged."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
-    if len(train) == 0 or len(val) == 0: raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} "
-                                                          f"images)")
-    rank, W = world()
-    device = torch.device(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if loss_fn is None and seg is None:
-        raise ValueError("fit: pass seg (the model's loss settings: registry.model_loss(name)) or loss_fn")
-    loss_fn = loss_fn or default_loss(seg)
+def _setup(model, cfg: TrainParams, device, seed: int, W: int, rank: int):
+    """Move `model` to `device` (SyncBatchNorm, channels-last, DDP and compile as `cfg` says); the optimiser, the
+    schedule and the batch generator. Returns (model, step_model, opt, sched, gen): `model` the module whose state is
+    saved, `step_model` what the steps call (DDP- or compile-wrapped)."""
     if W > 1 and cfg.sync_bn: model = convert_sync_bn(model, device)     # BatchNorm over the global batch
     model.to(device)
-    train, val = train.to(device), val.to(device)
     if cfg.channels_last: model.to(memory_format=torch.channels_last)
     step_model = model
     if W > 1:
@@ -255,11 +236,52 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     sched = make_scheduler(opt, cfg)
     gen = torch.Generator(device=device if device.type == 'cuda' else 'cpu').manual_seed(seed)
     if W > 1: torch.manual_seed(seed + rank)                              # dropout differs by rank; batches do not
+    return model, step_model, opt, sched, gen
+
+def train_epoch(step_model, train: Split, cfg: TrainParams, opt, gen, loss_fn: Callable, epoch: int, *,
+                forward: Callable = default_forward, device=torch.device('cpu'), amp: str = 'bf16',
+                progress: bool = True) -> tuple[dict, int]:
+    """One epoch of `train_step`s over `train` in the order `gen` draws (augmented as `cfg` says); in a process group
+    each rank steps on its chunk of every global batch. Returns the loss sums over the epoch's images (summed over the
+    ranks, read from the device once) and the image count."""
+    rank, W = world()
     sync_every = cfg.sync_every or (1 if device.type == 'cpu' else 0)     # 0: once per epoch
-    fp = run_fingerprint or fingerprint({'train': identity(cfg), 'seg': seg})
+    sums, n = {}, 0
+    bar = tqdm(list(batches(len(train), cfg.batch_size * W, shuffle=True, generator=gen)),
+               desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not progress or rank > 0, leave=False)
+    for step, idx in enumerate(bar):
+        b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise, cfg.note_augment)   # the same on every rank
+        b, share = rank_slice(b, W, rank)
+        if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
+        chk = (lambda l, pt: _check_finite(l, pt, epoch)) if sync_every and step % sync_every == 0 else None
+        loss, parts = train_step(step_model, b, opt, loss_fn, forward, autocast_ctx(device, amp),
+                                 share if W > 1 else None, chk)
+        k_n = len(b['image']) if share else 0
+        for k, v in {'loss': loss.detach(), **parts}.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * k_n
+        n += k_n
+        if progress and sync_every and rank == 0: bar.set_postfix(loss=f"{float(sums['loss']) / n:.4f}")
+    if W > 1:                                                          # the epoch's sums over every rank's images
+        tot = all_sum(torch.stack([torch.as_tensor(v, device=device).float() for v in sums.values()]
+                                  + [torch.tensor(float(n), device=device)]))
+        sums, n = dict(zip(sums, tot[:-1])), int(tot[-1].item())
+    sums = {k: float(v) for k, v in sums.items()}                   # the one host read of the epoch
+    if not math.isfinite(sums['loss']): _check_finite(torch.tensor(sums['loss']), sums, epoch)
+    return sums, n
+
+def _log_epoch(live, rec: dict, state: dict, cfg: TrainParams, stop: bool, timeout: bool):
+    "dvclive metrics and the one-line progress report of a finished epoch (rank 0)."
+    if live is not None:
+        for k, v in rec.items():
+            if k != 'epoch': live.log_metric(k.replace('_', '/', 1) if k.startswith(('train_', 'val_')) else k, v)
+        live.next_step()
+    print(f"epoch {rec['epoch']}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {rec['val_dice']:.4f}  "
+          f"lr {rec['lr']:.2e}  ({rec['epoch_s']:.0f} s)" + ('  (best)' if state['best_epoch'] + 1 == rec['epoch'] else '')
+          + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
+
+def _start(last: Path, fp: str, model, opt, sched, gen, cfg: TrainParams, rank: int, W: int) -> tuple[dict, bool]:
+    "The run's state: resumed from `last` when it continues this run (`_resume_all`), else fresh; (state, resumed)."
     state = {'epoch': -1, 'best_dice': -1.0, 'best_epoch': -1, 'history': [], 'fingerprint': fp, 'done': False,
              'stopped': False}
-    last, best = out_dir / 'last.pt', out_dir / 'best.pt'
     ck, resumed = _resume_all(last, fp, rank)
     if resumed:
         state = load_checkpoint(ck, model, opt, sched, gen)
@@ -270,42 +292,50 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     if not state['done']:     # this run trains: record where (once per machine in a row)
         ms, here = state.setdefault('machines', []), machine()
         if not ms or ms[-1] != here: ms.append(here)
+    return state, resumed
+
+def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=torch.device('cpu'), amp: str = 'bf16',
+        seed: int = 3407, seg: dict | None = None, forward: Callable = default_forward, loss_fn: Callable | None = None,
+        live_dir=None, run_fingerprint: str = '', progress: bool = True, meta: dict | None = None) -> dict:
+    """Train `model` on `train`, select on `val`, checkpoint to `out_dir/{last,best}.pt`, resume from `last.pt` when
+    its fingerprint matches. The loss is `loss_fn`, else `default_loss(seg)` (`seg`: the model's loss settings,
+    `registry.model_loss`). `meta` (how to rebuild the model) is stored in `best.pt` as `spec`. The fingerprint
+    (`run_fingerprint`, else the identity knobs of `cfg` and `seg`) leaves out the epoch count: a run finished at
+    `cfg.epochs` = N and asked for M > N resumes and trains epochs N+1..M, as a run asked for M from the start would
+    (unless it stopped early). Returns the final state (best_dice, best_epoch, history, machines).
+
+    GPU path: the splits live on the device as uint8, batch order and flips are drawn by a generator on the device,
+    losses are read once per epoch (`train.sync_every`), channels-last (`train.channels_last`), `torch.compile`
+    (`train.compile`), bf16 autocast (`run.amp`). In a process group (`reclmis.distributed`) the model is wrapped in
+    DDP, each rank trains on its chunk of every global batch, validation is sharded and summed, and only rank 0
+    writes; with one process every step is the single-process computation, unchanged."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} images)")
+    if loss_fn is None and seg is None:
+        raise ValueError("fit: pass seg (the model's loss settings: registry.model_loss(name)) or loss_fn")
+    rank, W = world()
+    device, out_dir = torch.device(device), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_fn = loss_fn or default_loss(seg)
+    model, step_model, opt, sched, gen = _setup(model, cfg, device, seed, W, rank)
+    train, val = train.to(device), val.to(device)
+    fp = run_fingerprint or fingerprint({'train': identity(cfg), 'seg': seg})
+    last, best = out_dir / 'last.pt', out_dir / 'best.pt'
+    state, resumed = _start(last, fp, model, opt, sched, gen, cfg, rank, W)
     live = None
     if live_dir is not None and rank == 0:
         from dvclive import Live
         live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False,
                     resume=resumed and (Path(live_dir) / 'metrics.json').exists())
     t0 = time.time()
-
-    def check(loss, parts, epoch):
-        if all_any(not bool(torch.isfinite(loss).all()), loss.device):    # every rank stops together
-            raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} (parts: "
-                                     f"{ {k: float(v) for k, v in parts.items()} }); lower train.lr or check the data")
-
     for epoch in range(state['epoch'] + 1, cfg.epochs):
         if state['done']: break
         model.train()
-        sums, n, te = {}, 0, time.time()
-        bar = tqdm(list(batches(len(train), cfg.batch_size * W, shuffle=True, generator=gen)),
-                   desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not progress or rank > 0, leave=False)
-        for step, idx in enumerate(bar):
-            b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise,
-                          cfg.note_augment)    # the global batch, the same on every rank
-            b, share = rank_slice(b, W, rank)
-            if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
-            chk = (lambda l, pt: check(l, pt, epoch)) if sync_every and step % sync_every == 0 else None
-            loss, parts = train_step(step_model, b, opt, loss_fn, forward, autocast_ctx(device, amp),
-                                     share if W > 1 else None, chk)
-            k_n = len(b['image']) if share else 0
-            for k, v in {'loss': loss.detach(), **parts}.items(): sums[k] = sums.get(k, 0.0) + v.detach().float() * k_n
-            n += k_n
-            if progress and sync_every and rank == 0: bar.set_postfix(loss=f"{float(sums['loss']) / n:.4f}")
-        if W > 1:                                                          # the epoch's sums over every rank's images
-            tot = all_sum(torch.stack([torch.as_tensor(v, device=device).float() for v in sums.values()]
-                                      + [torch.tensor(float(n), device=device)]))
-            sums, n = dict(zip(sums, tot[:-1])), int(tot[-1].item())
-        sums = {k: float(v) for k, v in sums.items()}                   # the one host read of the epoch
-        if not math.isfinite(sums['loss']): check(torch.tensor(sums['loss']), sums, epoch)
+        te = time.time()
+        sums, n = train_epoch(step_model, train, cfg, opt, gen, loss_fn, epoch, forward=forward, device=device,
+                              amp=amp, progress=progress)
         lr = opt.param_groups[0]['lr']
         vd = evaluate_val(model, val, forward, cfg.batch_size * 2, device, amp)
         sched.step()
@@ -319,20 +349,13 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
                 _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp,
                               'spec': meta or {}}, best)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
-        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes,
-                          device)   # NCCL: on the GPU
+        timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes, device)  # NCCL: on GPU
         state['stopped'] = stop
         state['done'] = stop or epoch + 1 == cfg.epochs     # a time limit is not the end: the next run resumes
         ranks_rng = gather_obj(torch.get_rng_state()) if W > 1 else None
-        if rank == 0: save_checkpoint(last, model, opt, sched, state, gen, ranks_rng)
-        if live is not None:
-            for k, v in rec.items():
-                if k != 'epoch': live.log_metric(k.replace('_', '/', 1) if k.startswith(('train_', 'val_')) else k, v)
-            live.next_step()
         if rank == 0:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f}  val Dice {vd:.4f}  lr {lr:.2e}  "
-                  f"({rec['epoch_s']:.0f} s)" + ('  (best)' if state['best_epoch'] == epoch else '')
-                  + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
+            save_checkpoint(last, model, opt, sched, state, gen, ranks_rng)
+            _log_epoch(live, rec, state, cfg, stop, timeout)
         if stop or timeout: break
     if live is not None: live.end()
     return state

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['CBR', 'Down', 'Up', 'encoder_channels', 'UNetEncoder', 'UNetDecoder', 'UNet', 'n_params']

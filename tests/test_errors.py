@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, yaml
 from PIL import Image
 from reclmis.core import DataError, ParamsError
-from reclmis import data
+from reclmis import data, sources
 from conftest import run
 
 def _cli(args, cwd, params=None):
@@ -32,14 +32,14 @@ def test_unknown_dataset_name(root):
 
 def test_missing_dataset_folder(tmp_path):
     with pytest.raises(DataError, match=r'not found.*fetch.source'):
-        data.fetch('qata-cov19', tmp_path / 'no-mirror-here', tmp_path / 'out')
+        sources.fetch('qata-cov19', tmp_path / 'no-mirror-here', tmp_path / 'out')
 
 def test_checksum_mismatch(shared_data, tmp_path):
     "A mirror whose file differs from the pinned sha256 stops with the file's name."
     m = tmp_path / 'monuseg'; m.mkdir()
     shutil.copy(shared_data / 'monuseg' / 'MANIFEST.json', m)
     (m / 'monuseg-512.tar').write_bytes(b'not the real archive')
-    with pytest.raises(DataError, match='monuseg-512.tar') as e: data.verify_mirror(m)
+    with pytest.raises(DataError, match='monuseg-512.tar') as e: sources.verify_mirror(m)
     assert 'sha256' in str(e.value) or 'checksum' in str(e.value)
 
 def _png(path, a): path.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(a).save(path); return path

@@ -3,7 +3,8 @@ import json, shutil, subprocess, filecmp, typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 import yaml
-from reclmis.params import Params, load_params
+from reclmis.params import Params
+from reclmis.config import load_params
 from conftest import run
 
 def test_stage_notebooks_have_parameters_cell(root):
@@ -47,7 +48,7 @@ def test_params_and_deviations_follow_the_declarations(root):
     """params.yaml's values and generated comments, the Deviations page's knob table and the model classes' defaults
     all agree with the knobs' declarations in reclmis.params (one declaration, no drift)."""
     import json
-    from reclmis.params import params_drift, deviation_table
+    from reclmis.config import params_drift, deviation_table
     from reclmis.registry import official_drift
     assert params_drift(root / 'params.yaml') == []
     assert official_drift() == []

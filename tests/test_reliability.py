@@ -101,7 +101,7 @@ def test_note_warnings(ws, capsys):
 
 def test_pinned_dataset_that_lost_files(shared_data, tmp_path, monkeypatch, root):
     "An extracted MoNuSeg whose pair count no longer matches the pinned manifest is refused at the next fetch."
-    from reclmis.params import load_params
+    from reclmis.config import load_params
     from reclmis.pipeline import fetch_stage
     monkeypatch.setenv('RECLMIS_DATA_MIRROR', str(shared_data))
     p = load_params(root / 'params.yaml')
