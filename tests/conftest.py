@@ -28,7 +28,7 @@ def run(cmd, cwd, check=True, env=None, timeout=900):
 import yaml
 from reclmis import cli
 
-WS_TINY = {'synth': {'n_train': 24, 'n_val': 8, 'n_test': 8, 'size': 32}, 'datasets': {'synth': {'img_size': 32}},
+WS_TINY = {'synth': {'n_train': 24, 'n_val': 8, 'n_test': 8}, 'datasets': {'synth': {'img_size': 32}},
         'train': {'epochs': 2, 'batch_size': 8}, 'run': {'models': ['unet'], 'threads': 1},
         'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}},
         'evaluate': {'n_boot': 20, 'n_overlays': 2, 'n_panel': 2}}

@@ -155,8 +155,8 @@ CASES = [
     P('no-key-datasets.kind', _drop('datasets.synth.kind'), ["'datasets.synth.kind'"]),
     P('unknown-section', _set('trainer', {'epochs': 3}), ["unknown params key 'trainer'"]),
     P('unknown-key', _set('train.epoch', 3), ["unknown params key 'train.epoch'"]),
-    P('wrong-type', _set('train.epochs', 'ten'), ["'train.epochs' must be of type int"]),
-    P('bool-for-int', _set('train.batch_size', True), ["'train.batch_size' must be of type int"]),
+    P('wrong-type', _set('train.epochs', 'ten'), ["'train.epochs' must be an integer"]),
+    P('bool-for-int', _set('train.batch_size', True), ["'train.batch_size' must be an integer"]),
     # --- params: value ranges -----------------------------------------------------------------------------------------
     P('epochs-negative', _set('train.epochs', -3), ["'train.epochs' is -3", '>= 1']),
     P('epochs-zero', _set('train.epochs', 0), ["'train.epochs' is 0"]),

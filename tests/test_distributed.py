@@ -12,6 +12,7 @@ CKPT, RES = Path('build') / RUN / 'ckpt', Path('results') / RUN
 def _params(ws, name, train=None, run=None):
     y = yaml.safe_load((ws / 'params.yaml').read_text())
     y['train'].update(train or {}); y['run'].update({'threads': 1, **(run or {})})
+    y['model']['unet'].update(bce='plain')   # a per-image mean loss (LViT's balanced BCE normalises over each rank's chunk)
     (ws / name).write_text(yaml.safe_dump(y, sort_keys=False)); return name
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml, pytest
 from conftest import run
 
-TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16, 'size': 32},
+TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
         'datasets': {'synth': {'img_size': 32}}, 'train': {'epochs': 2, 'batch_size': 16},
         'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}, 'lvit': {'width': 8},
                   'tmca': {'width': 4, 'align_dim': 8}},

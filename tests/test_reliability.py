@@ -20,7 +20,7 @@ def _params(ws, name, **train):
 def test_two_trainings_of_one_run(ws, monkeypatch):
     "Reproduction 1: the second training refuses, naming the holder; the first ends with consistent files."
     env = {**os.environ, 'RECLMIS_ROOT': str(ws), 'DVC_NO_ANALYTICS': '1'}
-    a = subprocess.Popen(['reclmis', '--params', _params(ws, 'A.yaml', epochs=150), 'train', 'synth', 'unet'], cwd=ws,
+    a = subprocess.Popen(['reclmis', '--params', _params(ws, 'A.yaml', epochs=150, lr=0.0015), 'train', 'synth', 'unet'], cwd=ws,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lock = ws / 'build/.locks/default-synth-unet-s3407.lock'
     t0 = time.time()
@@ -36,7 +36,7 @@ def test_two_trainings_of_one_run(ws, monkeypatch):
     for f in ('best.pt', 'last.pt'):
         ck = torch.load(ws / CKPT / f, weights_only=False)
         assert (ck.get('fingerprint') or ck['state']['fingerprint']) == fp, f
-    assert (ws / CKPT / 'superseded' / 'best.pt').exists()      # the previous run's weights were moved, not lost
+    assert (ws / CKPT / 'superseded' / 'best.pt').exists()      # another lr is another run: the old weights were moved
     monkeypatch.chdir(ws)
     assert cli.main(['--params', 'A.yaml', 'evaluate', 'synth', 'unet']) == 0
 
