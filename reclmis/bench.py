@@ -14,18 +14,17 @@ from .registry import REGISTRY, build_model, model_loss
 from .core import machine
 
 # %% auto #0
-__all__ = ['PAPER_TEXT_DIM', 'PAPER_CHANGES', 'paper_model', 'bench_one', 'train_throughput', 'run_bench', 'speedup_table',
-           'bench_table', 'train_speedups', 'main']
+__all__ = ['PAPER_CHANGES', 'paper_model', 'bench_one', 'train_throughput', 'run_bench', 'speedup_table', 'bench_table',
+           'train_speedups', 'main']
 
 # %% ../nbs/53_bench.ipynb #fff046e2
-PAPER_TEXT_DIM = {'unet': 0, 'reclmis': 512, 'lvit': 768, 'tmca': 512}   # CLIP's 512-d tokens; LViT's BERT 768-d
 PAPER_CHANGES = {'reclmis': {'rec_layers': 3}, 'tmca': {'align_dim': 128}}  # the paper's where it differs from the code
 
 def paper_model(name: str, size: int = 224, width: int = 64, aux: bool = False):
     """Model `name` at the paper's configuration and the text width it reads: the class's defaults (the official
     code's values, `registry.official_drift`), the paper's reconstructor depth, base `width`; `aux`: with its
     training-only modules."""
-    td = PAPER_TEXT_DIM[REGISTRY[name].name] if name in REGISTRY else None
+    td = REGISTRY[name].paper_text_dim if name in REGISTRY else None
     if td is None: raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return build_model(name, {'width': width, **PAPER_CHANGES.get(name, {})}, 3, size, td, aux), td
 
@@ -58,7 +57,7 @@ def bench_one(name: str, device: str = 'cpu', size: int = 224, width: int = 64, 
     x1 = _inputs(text_dim, 1, size, dev)
     out['latency_b1'] = latency(lambda: net(*x1), warmup=5, runs=runs, device=dev)
     if with_encoder and text_dim:
-        from reclmis.text import CLIPTextEncoder
+        from reclmis.clip import CLIPTextEncoder
         enc = CLIPTextEncoder('random').to(dev)
         ids, mask = enc.tokenize(['bilateral pulmonary infection, two infected areas, upper left lung and lower right '
                                   'lung.'], 18)
@@ -175,6 +174,21 @@ def bench_table(path) -> str:
                      f"{r['peak_memory_mb']:.0f} MB | {r['train_images_per_s']} |")
     return '\n'.join(lines)
 
+def _speedup_split(n: int, size: int, dev):
+    "A random `n`-image split of `size` px with 7 notes and random 512-d token features: on the host, and on `dev`."
+    from reclmis.dataset import make_split, attach_text
+    import numpy as np
+    rng = np.random.default_rng(0)
+    sp = make_split(rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8),
+                    (rng.random((n, size, size)) > 0.9).astype(np.uint8),
+                    [f'note {i % 7} left' for i in range(n)])
+    feats = torch.randn(len(sp.notes), 18, 512)
+    class _Bank:   # token features for the split's notes
+        def lookup(self, notes):
+            return feats[[sp.notes.index(x) for x in notes]], torch.ones(len(notes), 18, dtype=torch.bool)
+    sp_host = attach_text(sp, _Bank())
+    return sp_host, sp_host.to(dev)
+
 def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224, width: int = 64, batch: int = 32,
                    steps: int = 10, warmup: int = 3, compile_model: bool = True, augment: str = 'official') -> dict:
     """Images/s of RecLMIS training steps under each optimisation of the GPU path, added one at a time, in one process:
@@ -182,22 +196,11 @@ def train_speedups(device: str = 'auto', model: str = 'reclmis', size: int = 224
     the device, the loss read every step: the official code's loop), + the split held on the device as uint8 with
     batches and augmentation drawn there, + losses read once per epoch (no host round trip per step), + bf16 autocast,
     + channels-last, + torch.compile."""
-    from reclmis.dataset import make_split, get_batch, batches, attach_text
+    from reclmis.dataset import get_batch, batches
     from reclmis.train import train_step, default_loss, autocast_ctx
-    import numpy as np
     if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
     dev = torch.device(device)
-    n = batch * (steps + warmup)
-    rng = np.random.default_rng(0)
-    sp = make_split(rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8),
-                    (rng.random((n, size, size)) > 0.9).astype(np.uint8),
-                    [f'note {i % 7} left' for i in range(n)])
-    feats = torch.randn(len(sp.notes), 18, 512)
-    class _Bank:   # token features for the split's notes
-        def lookup(self,
-                   notes): return feats[[sp.notes.index(x) for x in notes]], torch.ones(len(notes), 18, dtype=torch.bool)
-    sp_host = attach_text(sp, _Bank())
-    sp = sp_host.to(dev)
+    sp_host, sp = _speedup_split(batch * (steps + warmup), size, dev)
     loss_fn = default_loss(model_loss(model))
     stages = [('plain fp32', dict()), ('+ split and augmentation on the device', dict(device_rng=True)),
               ('+ one host read per epoch', dict(device_rng=True, no_sync=True)),

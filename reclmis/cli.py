@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _params_cmd(a) -> int:
     "`reclmis params [--sync]`: list what disagrees with the declarations; with --sync, regenerate the comments first."
-    from reclmis.config import sync_params_yaml, params_drift
+    from reclmis.declarations import sync_params_yaml, params_drift
     from reclmis.safeio import write_text
     path = Path(a.params) if a.params else project_root() / 'params.yaml'
     if a.sync: write_text(path, sync_params_yaml(path.read_text()))
@@ -107,20 +107,25 @@ def _main(argv=None):
         r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=a.seed)
         print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}")
         return 0
-    from reclmis import pipeline as pl
     if a.cmd == 'docs':
-        from reclmis.docs import build_site
+        from reclmis.site import build_site
         print(build_site(out=a.out, proc=False,
                          extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'}))
         return 0
     p = load_params(a.params)   # unknown dataset names are refused by the stage functions (params.resolve)
     data = '' if a.studies or a.study else None
     if a.cmd == 'fetch':
-        df = pl.fetch_stage(a.dataset, p, study=data)
+        from reclmis.prepare import fetch_stage
+        df = fetch_stage(a.dataset, p, study=data)
         print(df.groupby('split').size().to_string())
-    elif a.cmd == 'prepare': print(json.dumps(pl.prepare_stage(a.dataset, p, study=data), indent=1))
-    elif a.cmd == 'encode': print(json.dumps(pl.encode_stage(a.dataset, p, study=data), indent=1))
+    elif a.cmd == 'prepare':
+        from reclmis.prepare import prepare_stage
+        print(json.dumps(prepare_stage(a.dataset, p, study=data), indent=1))
+    elif a.cmd == 'encode':
+        from reclmis.encode import encode_stage
+        print(json.dumps(encode_stage(a.dataset, p, study=data), indent=1))
     elif a.cmd == 'train':
+        from reclmis import pipeline as pl
         r = pl.train_stage(a.dataset, a.model, p, seed=a.seed, study=a.study)
         if os.environ.get('RANK',
                           '0') == '0': print({k: v for k, v in r.items() if k != 'history'})   # torchrun: rank 0

@@ -4,8 +4,8 @@
 
 # %% ../nbs/03_config.ipynb #cf3
 from __future__ import annotations
-import hashlib, json, math, re, typing
-from dataclasses import fields, is_dataclass, asdict, MISSING
+import hashlib, json, math, typing
+from dataclasses import fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Literal
 
@@ -14,9 +14,8 @@ from .core import ParamsError, project_root
 from .params import Params, DatasetParams, ModelParams, TextParams, TrainParams, EvaluateParams, MODELS
 
 # %% auto #0
-__all__ = ['RANGES', 'FIXED_SECTIONS', 'from_dict', 'knobs', 'check_params', 'dataset_params', 'base_model', 'resolve',
-           'fingerprint', 'identity', 'run_identity', 'missing_keys', 'load_params', 'knob_comment', 'sync_params_yaml',
-           'params_drift', 'deviations', 'deviation_table']
+__all__ = ['RANGES', 'from_dict', 'knobs', 'check_params', 'dataset_params', 'base_model', 'resolve', 'fingerprint', 'identity',
+           'run_identity', 'missing_keys', 'load_params']
 
 # %% ../nbs/03_config.ipynb #0ad70532
 _SCALARS = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false', dict: 'a mapping'}
@@ -102,7 +101,8 @@ def _check_range(key: str, v, shown: str | None = None):
     for x in (v if isinstance(v, list) else [v]):
         if isinstance(x, bool) or not isinstance(x, (int, float)): continue
         if not math.isfinite(x) or (rule and not _in_range(x, rule)):
-            how = 'finite' if not rule else f'in {rule}' if rule[0] in '[(' else f'one of {rule}' if rule[0] == '{' else rule
+            how = ('finite' if not rule else f'in {rule}' if rule[0] in '[(' else f'one of {rule}' if rule[0] == '{'
+                   else rule)
             raise ParamsError(f"params key '{shown or key}' is {v!r}; must be {how}: "
                               "fix it in params.yaml (or the -S option)")
 
@@ -300,92 +300,3 @@ def load_params(path: str | Path | None = None) -> Params:
     except ParamsError as e: raise ParamsError(f"{e} [in {path}]") from e
     p._path = path.resolve()     # where these params came from (a distributed launch passes it on)
     return p
-
-# %% ../nbs/03_config.ipynb #p6gen
-FIXED_SECTIONS = ('run', 'fetch', 'synth', 'text', 'model', 'train', 'evaluate')   # the declared sections
-
-def _fmt(v) -> str:
-    "A value as params.yaml writes it."
-    if isinstance(v, bool): return 'true' if v else 'false'
-    if v == '': return "''"
-    if isinstance(v, list): return '[' + ', '.join(_fmt(x) for x in v) + ']'
-    return str(v)
-
-def knob_comment(f) -> str:
-    "The params.yaml comment of knob field `f`: its doc and, where the official code has the knob, its value there."
-    md = f.metadata
-    if md['official'] is MISSING: return md['doc']
-    shipped = f.default_factory() if f.default is MISSING else f.default
-    return md['doc'] + f"; official {_fmt(md['official'])}" + (' (a deviation)' if shipped != md['official'] else '')
-
-def _with_comment(head: str, comment: str, width: int, col: int) -> list[str]:
-    "`head` padded to column `col`, then '# comment' wrapped at `width` (continuation lines at the same column)."
-    col = max(col, len(head) + 1)
-    lines, cur = [], ''
-    for w in comment.split():
-        if cur and col + 2 + len(cur) + 1 + len(w) > width:
-            lines.append(cur)
-            cur = w
-        else: cur = f'{cur} {w}' if cur else w
-    lines.append(cur)
-    return [head.ljust(col) + '# ' + lines[0]] + [' ' * col + '# ' + x for x in lines[1:]]
-
-def sync_params_yaml(text: str, width: int = 120, col: int = 23) -> str:
-    """`params.yaml`'s `text` with the comment of every declared knob of `FIXED_SECTIONS` regenerated from its
-    declaration (`knob_comment`), wrapped at `width`; values, other lines and the free sections are kept as written."""
-    docs = {k: f for k, f, _ in knobs() if k.split('.')[0] in FIXED_SECTIONS}
-    out, path, cont = [], [], False
-    for line in text.splitlines():
-        s = line.lstrip(' ')
-        ind = len(line) - len(s)
-        if cont and s.startswith('#') and ind > 0: continue        # a continuation of a regenerated comment
-        cont = False
-        m = re.match(r'([A-Za-z_][\w-]*):(.*)$', s)
-        if not m:
-            out.append(line)
-            continue
-        path[ind // 2:] = [m.group(1)]
-        key = '.'.join(path)
-        if key not in docs:
-            out.append(line)
-            continue
-        val = re.split(r'\s+#', m.group(2), maxsplit=1)[0].strip()
-        out += _with_comment(f"{' ' * ind}{m.group(1)}:{' ' + val if val else ''}", knob_comment(docs[key]), width, col)
-        cont = True
-    return '\n'.join(out) + '\n'
-
-def params_drift(path=None) -> list[str]:
-    """What in the params file at `path` (default: the project's) disagrees with the declarations: fixed-section values
-    other than the shipped ones, and comments other than the generated ones. Empty for the shipped file."""
-    path = Path(path) if path else project_root() / 'params.yaml'
-    text, d = path.read_text(), yaml.safe_load(path.read_text())
-    out = []
-    for k, f, t in knobs():
-        if k.split('.')[0] not in FIXED_SECTIONS: continue
-        v = d
-        for part in k.split('.'): v = v.get(part) if isinstance(v, dict) else None
-        want = f.default_factory() if f.default is MISSING else f.default
-        if v != want and not (isinstance(v, (int, float)) and isinstance(want, float) and float(v) == want):
-            out.append(f'{k}: params.yaml has {_fmt(v)}, the declaration ships {_fmt(want)}')
-    if sync_params_yaml(text) != text:
-        a, b = text.splitlines(), sync_params_yaml(text).splitlines()
-        bad = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        out.append(f'comments differ from the declarations from line {bad + 1}: run `reclmis params --sync`')
-    return out
-
-# %% ../nbs/03_config.ipynb #p6dev
-def deviations() -> list[dict]:
-    "Knobs of the fixed sections whose shipped value differs from the official code's: key, official, shipped, why."
-    out = []
-    for k, f, _ in knobs():
-        if k.split('.')[0] not in FIXED_SECTIONS or f.metadata['official'] is MISSING: continue
-        shipped = f.default_factory() if f.default is MISSING else f.default
-        if shipped != f.metadata['official']:
-            out.append({'key': k, 'official': _fmt(f.metadata['official']), 'shipped': _fmt(shipped),
-                        'why': f.metadata['why']})
-    return out
-
-def deviation_table() -> str:
-    "`deviations` as a markdown table (the Deviations page)."
-    rows = ['| knob | official | shipped | why |', '|---|---|---|---|']
-    return '\n'.join(rows + [f"| `{d['key']}` | {d['official']} | {d['shipped']} | {d['why']} |" for d in deviations()])

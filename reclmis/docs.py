@@ -4,15 +4,14 @@
 
 # %% ../nbs/74_docs.ipynb #6fc2c5b2
 from __future__ import annotations
-import configparser, html, json, os, re, shutil, subprocess, sys, tempfile, time
-from concurrent.futures import ThreadPoolExecutor
+import html, json, os, re, subprocess, sys
 from pathlib import Path
 
 import nbformat
 
 # %% auto #0
-__all__ = ['DEFAULT_EXTRA', 'notebook_title', 'page_name', 'proc_nb', 'link_attrs_to_html', 'clean_nb', 'render_show_docs',
-           'nav_html', 'offline_html', 'nb_to_html', 'build_site', 'screenshot', 'main']
+__all__ = ['notebook_title', 'page_name', 'proc_nb', 'link_attrs_to_html', 'clean_nb', 'render_show_docs', 'nav_html',
+           'offline_html', 'nb_to_html']
 
 # %% ../nbs/74_docs.ipynb #e3468398
 _re_h1 = re.compile(r'^\s*#\s+(.+?)\s*$', re.MULTILINE)
@@ -231,168 +230,3 @@ def nb_to_html(nb_path, out_html, nav: str = '', img_dir=None, warning: str | No
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(body, encoding='utf-8')
     return out_html
-
-# %% ../nbs/74_docs.ipynb #98691b19
-DEFAULT_EXTRA = {'Results': 'build/report/results.ipynb', 'Claims': 'results/claims.ipynb',
-                 'Deviations': 'nbs/deviations.ipynb'}
-
-def _site_title(root: Path) -> str:
-    cp = configparser.ConfigParser()
-    cp.read(root/'settings.ini')
-    d = cp['DEFAULT'] if 'DEFAULT' in cp else {}
-    try: return d.get('title') or d.get('lib_name') or root.name
-    except Exception: return d.get('lib_name', root.name)
-
-def _maker(root: Path, rel: str) -> str:
-    "Which pipeline stage makes `rel`, read from dvc.yaml and studies/dvc.yaml."
-    import yaml
-    for dvc_file, prefix in (('dvc.yaml', ''), ('studies/dvc.yaml', 'studies/dvc.yaml:')):
-        f = root/dvc_file
-        if not f.exists(): continue
-        stages = (yaml.safe_load(f.read_text()) or {}).get('stages', {}) or {}
-        for name, st in stages.items():
-            outs = [next(iter(o)) if isinstance(o, dict) else str(o) for o in (st or {}).get('outs', []) or []]
-            for o in outs:
-                o = o.rstrip('/')
-                if rel == o or rel.startswith(o + '/'):
-                    return f"it is made by the dvc stage '{prefix}{name}': run `dvc repro {prefix}{name}`"
-    if rel.startswith('build/'): return 'it is made by the pipeline: run `dvc repro` first'
-    return 'it is written by hand (or by the report stage): create it, or leave it out of `extra`'
-
-def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = True, workers: int = 2,
-               verbose: bool = True) -> Path:
-    """Build the offline HTML site of project `root` into `out` (relative to root). `extra` maps page title ->
-    notebook/.md path; None = `DEFAULT_EXTRA`, the missing ones skipped."""
-    if root is None:
-        from reclmis.core import project_root
-        root = project_root()
-    root = Path(root).resolve()
-    out = (root/out).resolve()
-    nbs = root/'nbs'
-    explicit = extra is not None
-    extra = dict(DEFAULT_EXTRA if extra is None else extra)
-    extras = []
-    for t, p in extra.items():
-        p = Path(p)
-        fp = p if p.is_absolute() else root/p
-        if not fp.exists():
-            rel = p.as_posix()
-            msg = f"Extra docs page {t!r}: {fp} does not exist; {_maker(root, rel)}."
-            if explicit: raise FileNotFoundError(msg)
-            if verbose: print('skipped:', msg)
-            continue
-        extras.append((t, fp))
-    comps = sorted(p for p in nbs.glob('[0-9]*_*.ipynb'))
-    index = nbs/'index.ipynb'
-    # pages: (section, label, href, source)
-    pages = [('', 'Home', 'index.html', index if index.exists() else None)]
-    pages += [('Components', notebook_title(p), page_name(p), p) for p in comps]
-    used = {'index.html'} | {page_name(p) for p in comps}
-    for t, fp in extras:
-        href = _slug(t) + '.html'
-        while href in used: href = '_' + href
-        used.add(href)
-        pages.append(('Pipeline', t, href, fp))
-    if out.exists(): shutil.rmtree(out)
-    out.mkdir(parents=True)
-    title = _site_title(root)
-    nav_items = [(s, l, h) for s, l, h, _ in pages]
-    tmpd = Path(tempfile.mkdtemp(prefix='reclmis_proc_'))
-
-    def one(pg):
-        s, label, href, src = pg
-        t0, warning, nb = time.time(), None, None
-        if src is None: return href, 0.0, None
-        if proc and src.suffix == '.ipynb':
-            dst = tmpd/href.replace('.html', '.ipynb')
-            err = proc_nb(src, dst, root)
-            if err is None: nb = nbformat.read(dst, as_version=4)
-            else: warning = f'nbdev could not process {src.name}; shown unprocessed (no rendered API docs). Error:\n{err}'
-        try: nb_to_html(src, out/href, nav_html(title, nav_items, href), img_dir=src.parent, warning=warning, nb=nb)
-        except Exception as e:
-            warning = f'{src.name} could not be converted: {type(e).__name__}: {e}'
-            _fallback_page(out/href, label, nav_html(title, nav_items, href), warning)
-        return href, time.time() - t0, warning
-
-    with ThreadPoolExecutor(max(1, workers)) as ex: results = list(ex.map(one, pages))
-    results += _run_pages(root, out, nav_html(title, [(s, l, '../' + h) for s, l, h in nav_items]), workers)
-    shutil.rmtree(tmpd, ignore_errors=True)
-    if index.exists() is False:
-        _home_page(out/'index.html', title, nav_html(title, nav_items, 'index.html'), pages[1:])
-    warnings = {h: w for h, _, w in results if w}
-    (out/'build_log.json').write_text(json.dumps({'pages': {h: round(dt, 2) for h, dt, _ in results},
-                                                  'warnings': warnings}, indent=1))
-    if verbose:
-        for h, dt, w in results: print(f'{h:28s} {dt:6.1f} s' + ('  WARNING: ' + w.strip().splitlines()[-1] if w else ''))
-    return out
-
-def _run_pages(root: Path, out: Path, nav: str, workers: int = 2) -> list:
-    "Each run's executed stage notebooks (results/**/s<seed>/{train,evaluate}.ipynb) as pages under `out`/runs/."
-    from reclmis.report import run_page
-    nbs = sorted(f for f in (root / 'results').glob('**/s[0-9]*/*.ipynb') if f.stem in ('train', 'evaluate'))
-    def one(f):
-        href, t0 = run_page(f.parent, f.stem), time.time()
-        try: nb_to_html(f, out / href, nav, img_dir=f.parent)
-        except (OSError, ValueError, KeyError) as e:
-            w = f'{f} could not be converted: {type(e).__name__}: {e}'
-            _fallback_page(out / href, f.name, nav, w)
-            return href, time.time() - t0, w
-        return href, time.time() - t0, None
-    with ThreadPoolExecutor(max(1, workers)) as ex: return list(ex.map(one, nbs))
-
-def _fallback_page(p: Path, label: str, nav: str, warning: str):
-    p.write_text(f'<!DOCTYPE html><html><head><meta '
-                 f'charset="utf-8"><title>{html.escape(label)}</title>{_CSS}</head><body>{nav}'
-                 f'<div class="reclmis-page"><h1>{html.escape(label)}</h1><div '
-                 f'class="reclmis-warning">{html.escape(warning)}</div></div></body></html>',
-                 encoding='utf-8')
-
-def _home_page(p: Path, title: str, nav: str, pages):
-    items = ''.join(f'<li><a href="{html.escape(h)}">{html.escape(l)}</a></li>' for _, l, h, _ in pages)
-    p.write_text(f'<!DOCTYPE html><html><head><meta '
-                 f'charset="utf-8"><title>{html.escape(title)}</title>{_CSS}</head><body>{nav}'
-                 f'<div class="reclmis-page" style="padding:8px '
-                 f'28px;font-family:system-ui,sans-serif"><h1>{html.escape(title)}</h1>'
-                 f'<ul>{items}</ul></div></body></html>', encoding='utf-8')
-
-# %% ../nbs/74_docs.ipynb #7de0ac45
-def screenshot(html_path, png_path, width: int = 1280, height: int = 1600, timeout: float = 90) -> Path:
-    "Render `html_path` with headless Chromium into `png_path` (width x height px)."
-    exe = shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
-    if exe is None:
-        raise RuntimeError("screenshot needs Chromium, which is not installed: run `apt-get install -y chromium` "
-                           "(Debian/Ubuntu).")
-    html_path, png_path = Path(html_path).resolve(), Path(png_path).resolve()
-    if not html_path.exists(): raise FileNotFoundError(html_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix='reclmis_chromium_') as ud:
-        cmd = [exe, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-               '--disable-component-update',
-               '--disable-sync', '--no-first-run', f'--user-data-dir={ud}', '--hide-scrollbars',
-               f'--window-size={width},{height}',
-               f'--screenshot={png_path}', html_path.as_uri()]
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    if not png_path.exists():
-        raise RuntimeError(f'chromium made no screenshot (exit {r.returncode}):\n{r.stderr[-2000:]}')
-    return png_path
-
-# %% ../nbs/74_docs.ipynb #7653f531
-def main(argv=None):
-    """CLI: `python -m reclmis.docs [--out _docs] [--root .] [--no-proc] [--extra Title=path ...] [--screenshot
-    home.png]`."""
-    import argparse
-    ap = argparse.ArgumentParser(prog='python -m reclmis.docs', description='Build the offline HTML docs site.')
-    ap.add_argument('--out', default='_docs')
-    ap.add_argument('--root', default=None)
-    ap.add_argument('--no-proc', action='store_true', help="skip nbdev's processors (no rendered show_doc)")
-    ap.add_argument('--extra', nargs='*', default=None,
-                    help='Title=path pages (default: Results and Deviations when present)')
-    ap.add_argument('--screenshot', default=None, help='also save a PNG of the home page here')
-    a = ap.parse_args(argv)
-    extra = None if a.extra is None else dict(e.split('=', 1) for e in a.extra)
-    out = build_site(a.root, a.out, extra=extra, proc=not a.no_proc)
-    if a.screenshot: screenshot(out/'index.html', a.screenshot)
-    print(out/'index.html')
-    return out
-
-if __name__ == '__main__' and '__file__' in globals(): main()  # not when run as a notebook

@@ -14,7 +14,8 @@ from .registry import TEXT_MODELS, build_model, model_from_spec
 from .figures import plot_overlays, plot_counterfactual, plot_curves
 from .safeio import RunLock, atomic_write, write_json
 from .dataset import load_split, make_split, batches, get_batch, Split
-from .pipeline import paths, run_name, _run, _with_text
+from .layout import paths, run_name
+from .pipeline import _run, _with_text
 
 # %% auto #0
 __all__ = ['load_checkpoint_model', 'load_best', 'predict_split', 'side_swap_split', 'counterfactual_eval', 'panel_indices',
@@ -28,7 +29,7 @@ def load_checkpoint_model(path, model: str | None = None, p: Params | None = Non
     a checkpoint made with other params is refused, naming the keys); without, from the checkpoint's own spec.
     The training-only modules (RecLMIS's reconstructors and POI/WOI heads) are left out unless `aux`. With
     `fingerprint_of` (a `train.json`), a checkpoint that another run made is refused (`CheckpointError`)."""
-    from reclmis.train import read_checkpoint
+    from reclmis.checkpoint import read_checkpoint
     path = Path(path)
     ck = read_checkpoint(path, ('model',))
     if fingerprint_of is not None:

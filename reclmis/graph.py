@@ -56,8 +56,8 @@ def code_hash(entries=('reclmis.pipeline',)) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/61_graph.ipynb #6d59b32c
-CLI_ENTRIES = {'fetch': 'reclmis.pipeline', 'prepare': 'reclmis.pipeline', 'encode': 'reclmis.pipeline',
-               'train': 'reclmis.pipeline', 'evaluate': 'reclmis.pipeline', 'docs': 'reclmis.docs',
+CLI_ENTRIES = {'fetch': 'reclmis.prepare', 'prepare': 'reclmis.prepare', 'encode': 'reclmis.encode',
+               'train': 'reclmis.pipeline', 'evaluate': 'reclmis.evaluate', 'docs': 'reclmis.site',
                'studies': 'reclmis.study'}
 
 def stage_code(cmd: str, root=None) -> list[str]:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import re, zlib
 import numpy as np
-from .synth import SIDES, note_to_zones
+from .zones import SIDES, note_to_zones
 
 # %% auto #0
 __all__ = ['TRAIN', 'HELDOUT', 'structure', 'groupings', 'phrase', 'read_zones', 'paraphrases']

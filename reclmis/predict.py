@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import DataError, project_root
-from .data import read_image, resize_bilinear
-from .text import check_note, make_text_encoder, pad_eof, apply_standardize, note_warnings, note_lengths, unknown_share
-from .pipeline import paths
+from .decode import read_image, resize_bilinear
+from .text import check_note, make_text_encoder, pad_eof, apply_standardize
+from .tokens import note_warnings, note_lengths, unknown_share
+from .layout import paths
 from .evaluate import load_checkpoint_model
 
 # %% auto #0

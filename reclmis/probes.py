@@ -11,7 +11,7 @@ import torch
 from .core import project_root, get_device
 from .params import Params
 from .config import resolve, base_model
-from .study import unit_of
+from .stats import unit_of
 from .safeio import RunLock, write_json
 
 # %% auto #0
@@ -120,22 +120,23 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
                 study: str | None = None) -> dict:
     """Probe the run's best checkpoint on the test split: cluster CI of Dice A, HD95/ASSD, and (text models) the null,
     shuffled and left/right-swapped notes. Writes `probes.json` beside the run's metrics.json."""
-    from reclmis import pipeline as pl
+    from reclmis.layout import paths, run_name
     root = Path(root or project_root())
     q = resolve(p, dataset, model, study)
     base = base_model(p, model)
     seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else int(seed)
-    pa = pl.paths(root, dataset, model, seed, study)
-    with RunLock(pa['lock'], pl.run_name(dataset, model, seed, study)):
+    pa = paths(root, dataset, model, seed, study)
+    with RunLock(pa['lock'], run_name(dataset, model, seed, study)):
         return _probe(dataset, model, q, base, seed, pa)
 
 def _probe(dataset, model, q, base, seed, pa) -> dict:
     "The body of `probe_stage`, under the run's lock."
-    from reclmis import pipeline as pl, evaluate as ev
-    from reclmis.dataset import Split
+    from reclmis import evaluate as ev
+    from reclmis.pipeline import _with_text
+    from reclmis.dataset import Split, load_split
     device = get_device(q.run.device, q.run.threads)
     t0 = time.time()
-    te, bank = pl._with_text(base, pl.load_split(pa['prepared'] / 'test.npz'), pa, q=q)
+    te, bank = _with_text(base, load_split(pa['prepared'] / 'test.npz'), pa, q=q)
     net = ev.load_best(base, q, pa['ckpt'], te.images.shape[1], device, dataset, bank.dim if bank else 0,
                        train_json=pa['train_json'])
     target = te.extra.get('masks_eval', te.masks)
@@ -165,7 +166,7 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
         out['text_shuffled_same_note'] = float((te.note_idx[perm] == te.note_idx).float().mean())
         sw = ev.side_swap_split(te)
         if len(sw):
-            sw, _ = pl._with_text(base, sw, pa, bank)
+            sw, _ = _with_text(base, sw, pa, bank)
             ps = ev.predict_split(net, sw, bs, device, S, q.run.amp)
             keep = [te.names.index(n) for n in sw.names]
             out.update(text_swap_n=len(sw), text_swap_orig_dice_a=float(dice[keep].mean()),

@@ -29,7 +29,8 @@ def _test_set(results_dir, dataset) -> str:
 def readme_results(root=None) -> str:
     "The README's results block (markdown) from the stage outputs under `root`/results."
     from reclmis.core import project_root
-    from reclmis.study import load_summaries, pairs_table, study_runs, TABLES
+    from reclmis.study import load_summaries, TABLES
+    from reclmis.stats import pairs_table, study_runs
     from reclmis.bench import bench_table, speedup_table
     from reclmis.claims import claims_table
     root = Path(root or project_root())

@@ -26,12 +26,13 @@ class ModelEntry:
     cls: type            # the model class (its constructor defaults: the official configuration)
     reads_note: bool     # takes the note's token features (a text model)
     doc: str             # one line for tables
+    paper_text_dim: int  # width of the token features its paper reads (0: none; `reclmis.bench` measures at it)
 
-REGISTRY = {e.name: e for e in (
-    ModelEntry('unet', UNet, False, "LViT's text-free U-Net (the floor every text model must beat)"),
-    ModelEntry('reclmis', RecLMIS, True, 'RecLMIS (Huang et al., IEEE TMI; arXiv 2404.02845)'),
-    ModelEntry('lvit', LViT, True, 'LViT (Li et al., IEEE TMI 2023), text through our encoder'),
-    ModelEntry('tmca', TMCA, True, 'TMCA (arXiv 2412.13533), rebuilt from its abstract'))}
+REGISTRY = {e.name: e for e in (   # the papers' text: CLIP's 512-d tokens (RecLMIS, TMCA), LViT's BERT 768-d
+    ModelEntry('unet', UNet, False, "LViT's text-free U-Net (the floor every text model must beat)", 0),
+    ModelEntry('reclmis', RecLMIS, True, 'RecLMIS (Huang et al., IEEE TMI; arXiv 2404.02845)', 512),
+    ModelEntry('lvit', LViT, True, 'LViT (Li et al., IEEE TMI 2023), text through our encoder', 768),
+    ModelEntry('tmca', TMCA, True, 'TMCA (arXiv 2412.13533), rebuilt from its abstract', 512))}
 TEXT_MODELS = tuple(n for n, e in REGISTRY.items() if e.reads_note)   # the models that read the note
 
 def reads_note(name: str) -> bool:
@@ -48,9 +49,15 @@ def model_class(name: str):
     return entry(name).cls
 
 # %% ../nbs/38_registry.ipynb #r6
+def _section_cls(name: str) -> type:
+    "The dataclass of model `name`'s params section: the default factory of its `ModelParams` field."
+    f = next((f for f in fields(ModelParams) if f.name == name), None)
+    if f is None: raise AttributeError(f"'ModelParams' object has no attribute '{name}'")
+    return f.default_factory
+
 def _section(name: str, section) -> dict:
     "Model `name`'s params section (a dataclass or dict; None: the shipped section) as a dict."
-    if section is None: return asdict(getattr(ModelParams(), name))
+    if section is None: return asdict(_section_cls(name)())
     return asdict(section) if is_dataclass(section) else dict(section)
 
 def model_kwargs(name: str, section=None) -> dict:
@@ -79,7 +86,7 @@ def official_drift() -> list[str]:
     out = []
     for name in MODELS:
         sig = inspect.signature(model_class(name)).parameters
-        for f in fields(type(getattr(ModelParams(), name))):
+        for f in fields(_section_cls(name)):
             off = f.metadata.get('official', MISSING)
             if f.name in LOSS_KEYS or off is MISSING: continue
             d = sig[f.name].default if f.name in sig else '(no such argument)'
@@ -98,6 +105,6 @@ def model_spec(name: str, q, dataset: str, in_ch: int, text_dim: int, text_meta:
 
 def model_from_spec(spec: dict, aux: bool = False):
     "Rebuild a model from a checkpoint's spec (inference path only unless `aux`)."
-    cls = type(getattr(ModelParams(), spec['model']))
+    cls = _section_cls(spec['model'])
     return build_model(spec['model'], from_dict(cls, spec['params'] or {}), spec['in_ch'], spec['img_size'],
                        spec['text_dim'], aux)

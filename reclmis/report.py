@@ -6,12 +6,11 @@
 from __future__ import annotations
 import json
 from pathlib import Path
-from .figures import save_figure, draw_overlay
 
 # %% auto #0
-__all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'FIGURES', 'run_page', 'runs_table', 'results_table', 'text_gap_table',
+__all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'run_page', 'runs_table', 'results_table', 'text_gap_table',
            'counterfactual_table', 'text_table', 'data_table', 'probes_table', 'comparison_table', 'ranking_note',
-           'paper_table', 'what_differs', 'plot_comparison', 'plot_panel', 'figures', 'wording_table']
+           'paper_table', 'what_differs', 'wording_table']
 
 # %% ../nbs/71_report.ipynb #32211b01
 def _runs(results_dir):
@@ -259,95 +258,6 @@ def what_differs(results_dir='results', dataset='qata', data_dir=None) -> str:
     if dataset.startswith('qata'): parts.append("SGSeg's cleaned captions instead of LViT's notes (same information, "
                                                 "other wording)")
     return 'What differs: ' + '; '.join(parts) + '.'
-
-# %% ../nbs/71_report.ipynb #475a15b6
-def _per_image(results_dir, dataset):
-    "Per-image metrics of each model of `dataset` (its first seed)."
-    import pandas as pd
-    out = {}
-    for f in sorted(Path(results_dir).glob(f'{dataset}/*/s[0-9]*/per_image.csv')): out.setdefault(f.parent.parent.name, pd.read_csv(f))
-    return out
-
-def plot_comparison(results_dir='results', dataset='synth', path=None):
-    "Two panels: test Dice A per model with its 95% bootstrap interval, and the per-image Dice A distributions."
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    rows = {model: m for ds, model, m, _ in _rows(results_dir) if ds == dataset}
-    per = _per_image(results_dir, dataset)
-    models = _order([k for k in rows if k in per])
-    if not models: return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, k in enumerate(models):
-        m = rows[k]
-        a.errorbar([i], [100 * m['dice_a']],
-                   yerr=[[100 * (m['dice_a'] - m['dice_a_ci_low'])], [100 * (m['dice_a_ci_high'] - m['dice_a'])]],
-                   fmt='o', capsize=5, ms=7)
-    a.set_xticks(range(len(models)), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models])
-    a.set_ylabel('test Dice A (%)')
-    a.set_title(f'{dataset}: mean Dice A with 95% bootstrap interval', fontsize=9)
-    a.grid(axis='y', alpha=.3)
-    b.violinplot([100 * per[k].dice_a.to_numpy() for k in models], showmedians=True)
-    b.set_xticks(range(1, len(models) + 1), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models])
-    b.set_ylabel('per-image Dice A (%)')
-    b.set_title(f'{dataset}: per-image Dice A distribution', fontsize=9)
-    b.grid(axis='y', alpha=.3)
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path)
-        plt.close(fig)
-        return Path(path)
-    return fig
-
-def plot_panel(results_dir='results', dataset='synth', path=None):
-    """Qualitative panel: for the same test images, the image with its note, the ground truth, and every model's
-    prediction."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import textwrap, numpy as np
-    panels = {}
-    for f in sorted(Path(results_dir).glob(f'{dataset}/*/s[0-9]*/panel.npz')): panels.setdefault(f.parent.parent.name, np.load(f))
-    models = _order(panels)
-    if not models: return None
-    ref = panels[models[0]]
-    n = len(ref['names'])
-    fig, axs = plt.subplots(n, 2 + len(models), figsize=(2.3 * (2 + len(models)), 2.5 * n), squeeze=False)
-    for r in range(n):
-        img, tg = ref['image'][r], ref['target'][r]
-        draw_overlay(axs[r, 0], img, title='\n'.join(textwrap.wrap(str(ref['notes'][r]), 30)[:4]), fontsize=6)
-        draw_overlay(axs[r, 1], img, target=tg, title='ground truth\n' if r == 0 else '', fontsize=8)
-        for c, k in enumerate(models):
-            pz = panels[k]
-            j = list(pz['names']).index(ref['names'][r]) if ref['names'][r] in list(pz['names']) else None
-            thr = float(pz['threshold']) if 'threshold' in pz.files else 0.5
-            draw_overlay(axs[r, 2 + c], img, pz['prob'][j] if j is not None else None, tg, thr,
-                         MODEL_NAMES.get(k, k).split(' (')[0] + '\n' if r == 0 else '', fontsize=8)
-            if j is not None:
-                pr, t = pz['prob'][j] > thr * 255, tg.astype(bool)
-                axs[r, 2 + c].set_xlabel(f'Dice {2 * (pr & t).sum() / (pr.sum() + t.sum() + 1e-5):.2f}', fontsize=7)
-    for ax in axs.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    if path:
-        save_figure(fig, path, dpi=100)
-        plt.close(fig)
-        return Path(path)
-    return fig
-
-FIGURES = (('curves.png', 'training curves'), ('overlays.png', 'test overlays'),
-           ('counterfactual.png', 'counterfactual notes'))
-
-def figures(results_dir='results', kinds=None) -> list[tuple[str, Path]]:
-    """(title, path) of the per-run PNGs under results/<dataset>/<model>/s<seed>/ (`kinds`: file names to include,
-    default all)."""
-    out = []
-    for d in sorted(p for p in Path(results_dir).glob('*/*/s[0-9]*') if p.is_dir()):
-        for name, what in FIGURES:
-            if (kinds is None or name in kinds) and (d / name).exists():
-                out.append((f'{d.parent.name} ({d.name}) on {d.parent.parent.name}: {what}', d / name))
-    return out
 
 # %% ../nbs/71_report.ipynb #35d3a386
 def wording_table(results_dir='results') -> str:

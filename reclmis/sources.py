@@ -213,6 +213,26 @@ def _lvit_layout_counts(dest: Path) -> dict:
     return {f: len([p for p in (dest/f/'img').glob('*') if not p.name.startswith('.')])
             for f in ('Train_Folder', 'Val_Folder', 'Test_Folder')}
 
+def _extract_annotation(archive: Path, dest: Path, m: dict) -> dict | None:
+    """Pass 1 of `fetch_upstream` for a manifest `m` with a pinned `annotation.json` (QaTa): extract it from
+    `archive` into `dest`, check its sha256 and return the mask names it keeps per upstream split; None without one."""
+    if 'annotation.json' not in m: return None
+    ann_path = PurePosixPath(m['annotation.json']['path'])
+    with tarfile.open(archive, 'r|gz') as tf:
+        for mem in tf:
+            if _safe_path(mem, archive, strip=1) == ann_path and mem.isfile():
+                _write_member(tf, mem, dest/'annotation.json')
+                break
+    if not (dest/'annotation.json').exists():
+        raise DataError(f"{archive} has no {ann_path}; the archive is not the pinned commit: delete it and "
+                        "run again")
+    got = sha256_file(dest/'annotation.json')
+    if got != m['annotation.json']['sha256']:
+        raise DataError(f"{ann_path} from {archive} has sha256 {got}, pinned {m['annotation.json']['sha256']}; "
+                        "delete the archive and run again")
+    ann = json.loads((dest/'annotation.json').read_text())
+    return {s: {e['image_path'] for e in v} for s, v in ann.items()}
+
 def fetch_upstream(name: str, download_dir: str | Path, dest: str | Path, downloader=None) -> Path:
     """Download the pinned upstream commit of dataset `name` (a key of `MANIFESTS`) into `download_dir` and extract
     its `upstream_prefix` into `dest` in the layout `extract_mirror` produces; check counts against the manifest.
@@ -228,26 +248,10 @@ def fetch_upstream(name: str, download_dir: str | Path, dest: str | Path, downlo
     archive = download_dir/f"{m['upstream'].split('/')[-1]}-{m['upstream_commit']}.tar.gz"
     if not archive.exists(): (downloader or download)(url, archive)
     prefix = PurePosixPath(m['upstream_prefix'])
-    ann_path = PurePosixPath(m['annotation.json']['path']) if 'annotation.json' in m else None
     dest.mkdir(parents=True, exist_ok=True)
     if done.exists(): done.unlink()
-    keep = None
     try:
-        if ann_path is not None:  # pass 1: annotation.json decides which images/masks are kept
-            with tarfile.open(archive, 'r|gz') as tf:
-                for mem in tf:
-                    if _safe_path(mem, archive, strip=1) == ann_path and mem.isfile():
-                        _write_member(tf, mem, dest/'annotation.json')
-                        break
-            if not (dest/'annotation.json').exists():
-                raise DataError(f"{archive} has no {ann_path}; the archive is not the pinned commit: delete it and "
-                                "run again")
-            got = sha256_file(dest/'annotation.json')
-            if got != m['annotation.json']['sha256']:
-                raise DataError(f"{ann_path} from {archive} has sha256 {got}, pinned {m['annotation.json']['sha256']}; "
-                                "delete the archive and run again")
-            ann = json.loads((dest/'annotation.json').read_text())
-            keep = {s: {e['image_path'] for e in v} for s, v in ann.items()}
+        keep = _extract_annotation(archive, dest, m)  # pass 1: annotation.json decides which images/masks are kept
         n_out, ignored = 0, []
         with tarfile.open(archive, 'r|gz') as tf:  # pass 2: the files under the prefix
             for mem in tqdm(tf, desc=f'extract {name}', unit='member'):

@@ -4,30 +4,18 @@
 
 # %% ../nbs/62_study.ipynb #1a94bea9
 from __future__ import annotations
-import json, re, time
+import json, time
 from pathlib import Path
 import numpy as np
 from .core import project_root
 from .params import Params
 from .safeio import write_json
+from .stats import compare_pairs, holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'study_runs', 'uptake_summary', 'uptake_table', 'augment_summary',
-           'augment_table', 'unit_of', 'holm', 'paired_test', 'compare_pairs', 'pairs_table', 'seed_mean',
+__all__ = ['ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table',
            'ablate_summary', 'ablate_table', 'notes_summary', 'notes_table', 'write_summary', 'load_summaries',
            'write_summaries']
-
-# %% ../nbs/62_study.ipynb #0e9b82c0
-def study_runs(root, study: str) -> list[dict]:
-    """Every finished run of `study` under `root`/results/studies: dataset, model, seed, folder, train.json and
-    metrics.json."""
-    out = []
-    for m in sorted(Path(root).glob(f'results/studies/{study}/*/*/s[0-9]*/metrics.json')):
-        d = m.parent
-        t = d / 'train.json'
-        out.append({'dataset': d.parent.parent.name, 'model': d.parent.name, 'seed': int(d.name[1:]), 'dir': d,
-                    'metrics': json.loads(m.read_text()), 'train': json.loads(t.read_text()) if t.exists() else {}})
-    return out
 
 # %% ../nbs/62_study.ipynb #3c14e884
 def _uptake_row(r: dict, blind_val: float) -> dict:
@@ -131,88 +119,11 @@ def augment_table(d: dict) -> str:
                      f"{r['best_epoch']} of {r['epochs']} | {r['train_s']:.0f} s |")
     return '\n'.join(lines)
 
-# %% ../nbs/62_study.ipynb #07b03366
-def unit_of(name: str) -> str:
-    """The independent unit of a test image: its subject (`sub-s...` prefix, QaTa-COV19) where the name encodes one,
-    else itself."""
-    m = re.match(r'(?:mask_)?(sub-s\d+)', str(name), flags=re.I)
-    return m.group(1).lower() if m else str(name)
-
-def holm(p) -> np.ndarray:
-    "Holm's step-down adjusted p-values (family-wise error control), in the input order."
-    p = np.asarray(p, float)
-    n = len(p)
-    order = np.argsort(p)
-    adj = np.minimum(1, np.maximum.accumulate((n - np.arange(n)) * p[order]))
-    out = np.empty(n)
-    out[order] = adj
-    return out
-
-def paired_test(diff, units, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of the per-image differences `diff` with a cluster-bootstrap 95% interval over `units` and a two-sided
-    sign-flip permutation p-value over units."""
-    diff = np.asarray(diff, float)
-    u, inv = np.unique(np.asarray(units), return_inverse=True)
-    s, c = np.bincount(inv, diff, len(u)), np.bincount(inv, minlength=len(u)).astype(float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(u), (n_boot, len(u)))
-    boot = s[idx].sum(1) / c[idx].sum(1)
-    signs = rng.choice([-1.0, 1.0], (n_boot, len(u)))
-    obs = s.sum() / c.sum()
-    null = (signs * s).sum(1) / c.sum()
-    p = (1 + (np.abs(null) >= abs(obs) - 1e-12).sum()) / (n_boot + 1)
-    return {'diff': float(obs), 'ci_low': float(np.quantile(boot, .025)), 'ci_high': float(np.quantile(boot, .975)),
-            'p': float(p), 'n_units': int(len(u)), 'n_images': int(len(diff))}
-
-# %% ../nbs/62_study.ipynb #3631f2ee
-def compare_pairs(root=None, study: str = 'compare', n_boot: int = 2000, seed: int = 0) -> dict:
-    """Per dataset of `study`: every pair of its models (same seed), paired test on Dice A in points, Holm across the
-    pairs."""
-    import pandas as pd
-    root = Path(root or project_root())
-    out = {}
-    runs = study_runs(root, study)
-    for ds in sorted({r['dataset'] for r in runs}):
-        per = {(r['model'], r['seed']): pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']]
-               for r in runs if r['dataset'] == ds}
-        pairs = []
-        for (a, sa) in sorted(per):
-            for (b, sb) in sorted(per):
-                if a >= b or sa != sb: continue
-                j = per[(a, sa)].merge(per[(b, sb)], on='name', suffixes=('_a', '_b'))
-                t = paired_test(100 * (j.dice_a_a - j.dice_a_b).to_numpy(), [unit_of(n) for n in j.name], n_boot, seed)
-                pairs.append({'a': a, 'b': b, 'seed': sa, **t})
-        for pr, ph in zip(pairs, holm([x['p'] for x in pairs]) if pairs else []):
-            pr['p_holm'] = float(ph)
-            win = f"{pr['a']} > {pr['b']}" if pr['diff'] > 0 else f"{pr['b']} > {pr['a']}"
-            pr['claim'] = win if ph < 0.05 else 'no ranking'
-        units = {unit_of(n) for df in per.values() for n in df.name}
-        out[ds] = {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
-                   'n_units': len(units),
-                   'metric': 'dice_a (points)', 'pairs': pairs}
-    return out
-
-def pairs_table(d: dict) -> str:
-    "A dataset's paired comparisons as a markdown table."
-    lines = [f"Resampling unit: {d['ci_unit']} ({d['n_units']} units). Difference a - b of Dice A in points.", '',
-             '| a | b | a - b | 95% CI (cluster bootstrap) | p | p (Holm) | ranking |', '|' + '---|' * 7]
-    for x in d['pairs']:
-        lines.append(f"| {x['a']} | {x['b']} | {x['diff']:+.2f} | {x['ci_low']:+.2f} to {x['ci_high']:+.2f} | "
-                     f"{x['p']:.4f} | "
-                     f"{x['p_holm']:.4f} | {x['claim']} |")
-    return '\n'.join(lines)
-
 # %% ../nbs/62_study.ipynb #9a832ffc
 ABLATION = (('reclmis-ci-only', 'reclmis-no-text', 'CI adds to the text-free U-Net + PLAM'),
             ('reclmis', 'reclmis-ci-only', 'the auxiliary losses (CCL, CVR, CLR) add to CI'),
             ('reclmis', 'reclmis-no-cvr', 'CVR adds'), ('reclmis', 'reclmis-no-clr', 'CLR adds'),
             ('reclmis', 'reclmis-no-text', 'the full model beats the text-free baseline'))
-
-def seed_mean(runs: list[dict]):
-    "Per-image Dice A averaged over `runs` (one model, several seeds): a DataFrame `name`, `dice_a`."
-    import pandas as pd
-    df = pd.concat([pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']] for r in runs])
-    return df.groupby('name', as_index=False)['dice_a'].mean()
 
 def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, reference=('uptake', 'reclmis'),
                    n_boot: int = 2000, seed: int = 0) -> dict | None:

@@ -4,25 +4,22 @@
 
 # %% ../nbs/40_train.ipynb #3c656aab
 from __future__ import annotations
-import math, os, pickle, time, zipfile
+import math, time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from .core import CheckpointError, machine
 from .params import TrainParams
 from .config import fingerprint, identity
-from .safeio import torch_save
-from .distributed import (world, rank_slice, rank_range, all_sum, all_any, broadcast_obj, gather_obj,
-                                 convert_sync_bn)
+from .checkpoint import _atomic_save, save_checkpoint, _start
+from .distributed import world, rank_slice, rank_range, all_sum, all_any, gather_obj, convert_sync_bn
 from .dataset import Split, batches, get_batch
 
 # %% auto #0
-__all__ = ['soft_dice_loss', 'bce_loss', 'seg_loss', 'make_optimizer', 'make_scheduler', 'read_checkpoint', 'supersede',
-           'save_checkpoint', 'load_checkpoint', 'hard_dice_val', 'default_forward', 'default_loss', 'train_step',
-           'autocast_ctx', 'evaluate_val', 'train_epoch', 'fit']
+__all__ = ['soft_dice_loss', 'bce_loss', 'seg_loss', 'make_optimizer', 'make_scheduler', 'hard_dice_val', 'default_forward',
+           'default_loss', 'train_step', 'autocast_ctx', 'evaluate_val', 'train_epoch', 'fit']
 
 # %% ../nbs/40_train.ipynb #5363296c
 def soft_dice_loss(prob, target, weight: float = 0.5, eps: float = 1e-5):
@@ -62,61 +59,6 @@ def make_scheduler(opt, cfg: TrainParams):
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: max(cfg.exp_gamma ** e, cfg.exp_floor))
     if cfg.schedule == 'constant': return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
     raise ValueError(f"unknown train.schedule {cfg.schedule!r}")
-
-# %% ../nbs/40_train.ipynb #383bf7d3
-def _atomic_save(obj, path: Path): torch_save(obj, path)   # unique temp name + rename: two writers never share a file
-
-_UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, AttributeError, ImportError,
-               KeyError, IndexError, TypeError, zipfile.BadZipFile)   # what torch.load raises on a damaged file
-
-def read_checkpoint(path, need: tuple = ('model',)) -> dict:
-    """The checkpoint dict at `path`, loaded on the CPU. A truncated, unreadable or foreign file (no `need` keys) is a
-    `CheckpointError` naming the file; a missing file stays a `FileNotFoundError`."""
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"checkpoint {path} not found; run the train stage first (dvc repro)")
-    try: ck = torch.load(path, map_location='cpu', weights_only=False)
-    except PermissionError as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}; make it readable (chmod u+r {path})") from e
-    except _UNREADABLE as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable, truncated or not a torch file "
-                              f"({type(e).__name__}: {str(e)[:160]})") from e
-    lacks = [k for k in need if k not in ck] if isinstance(ck, dict) else list(need)
-    if lacks:
-        raise CheckpointError(f"{path} is not a reclmis checkpoint (it lacks {lacks}); use one written by "
-                              "`reclmis train`")
-    return ck
-
-def supersede(out_dir, reason: str) -> list[Path]:
-    """Move `out_dir`'s `last.pt` and `best.pt` into `out_dir/superseded/` (replacing an older generation there) so
-    that a run starting afresh never mixes its checkpoints with another run's, and never deletes them."""
-    out_dir, moved = Path(out_dir), []
-    for name in ('last.pt', 'best.pt'):
-        if (out_dir / name).exists():
-            (out_dir / 'superseded').mkdir(exist_ok=True)
-            os.replace(out_dir / name, out_dir / 'superseded' / name)
-            moved.append(out_dir / 'superseded' / name)
-    if moved: print(f"{reason}: moved {', '.join(p.name for p in moved)} to {out_dir / 'superseded'}; starting afresh")
-    return moved
-
-_LAST_KEYS = ('model', 'opt', 'sched', 'state', 'rng')
-
-def save_checkpoint(path, model, opt, sched, state: dict, gen: torch.Generator, ranks_rng: list | None = None):
-    "Everything a run needs to continue; `ranks_rng`: every rank's torch RNG state (distributed runs)."
-    _atomic_save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(),
-                  'state': state, 'rng': {'torch': torch.get_rng_state(), 'gen': gen.get_state(), 'ranks': ranks_rng,
-                                          'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}, Path(path))
-
-def load_checkpoint(ck, model, opt=None, sched=None, gen=None, map_location='cpu') -> dict:
-    """Restore a checkpoint written by `save_checkpoint` (a path, or the dict already loaded; strict key matching);
-    returns its `state`."""
-    if not isinstance(ck, dict): ck = read_checkpoint(ck, _LAST_KEYS)
-    model.load_state_dict(ck['model'])
-    if opt is not None: opt.load_state_dict(ck['opt'])
-    if sched is not None: sched.load_state_dict(ck['sched'])
-    if gen is not None: gen.set_state(ck['rng']['gen'])
-    torch.set_rng_state(ck['rng']['torch'])
-    if ck['rng'].get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(ck['rng']['cuda'])
-    return ck['state']
 
 # %% ../nbs/40_train.ipynb #5f7bb6a4
 def hard_dice_val(prob, target, threshold: float = 0.5, eps: float = 1e-5):
@@ -183,36 +125,6 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
         return float(t[0]) / max(float(t[1]), 1)
     return float(tot) / max(n, 1)
 
-def _resume_all(last: Path, fp: str, rank: int) -> tuple[dict | None, bool]:
-    """`_resumable` decided by rank 0 (which alone moves files) and followed by every rank: (checkpoint, resumed).
-    A damaged checkpoint stops every rank with rank 0's message."""
-    ck, err = None, None
-    if rank == 0:
-        try: ck = _resumable(last, fp)
-        except CheckpointError as e: err = e
-    resumed, msg = broadcast_obj((ck is not None, str(err) if err else None))
-    if err: raise err
-    if msg: raise CheckpointError(msg)
-    if resumed and rank != 0: ck = read_checkpoint(last, _LAST_KEYS)
-    return ck, resumed
-
-def _resumable(last: Path, fp: str) -> dict | None:
-    """The checkpoint `last` when it continues the run with fingerprint `fp`, else None after moving the folder's
-    checkpoints aside (`supersede`). A damaged `last.pt` is moved to `last.pt.corrupt` and reported: the same command
-    run again trains afresh, and nothing else is touched."""
-    if last.exists():
-        try: ck = read_checkpoint(last, _LAST_KEYS)        # RNG states must stay on the CPU
-        except CheckpointError as e:
-            bad = last.with_name('last.pt.corrupt')
-            os.replace(last, bad)
-            raise CheckpointError(f"{e}. It was moved to {bad}: run the same command again to train this run afresh "
-                                  "(best.pt and the results stay until the new run replaces them)") from e
-        if ck['state'].get('fingerprint') == fp: return ck
-        why = f"{last} was made with other params or code (fingerprint {ck['state'].get('fingerprint')} != {fp})"
-    else: why = f"no {last.name} to resume"
-    supersede(last.parent, why)
-    return None
-
 def _check_finite(loss, parts, epoch):
     "Stop every rank together on a non-finite training loss, naming the epoch and the loss parts."
     if all_any(not bool(torch.isfinite(loss).all()), loss.device):
@@ -278,21 +190,27 @@ def _log_epoch(live, rec: dict, state: dict, cfg: TrainParams, stop: bool, timeo
           f"lr {rec['lr']:.2e}  ({rec['epoch_s']:.0f} s)" + ('  (best)' if state['best_epoch'] + 1 == rec['epoch'] else '')
           + ('  early stop' if stop else '') + ('  time limit' if timeout else ''), flush=True)
 
-def _start(last: Path, fp: str, model, opt, sched, gen, cfg: TrainParams, rank: int, W: int) -> tuple[dict, bool]:
-    "The run's state: resumed from `last` when it continues this run (`_resume_all`), else fresh; (state, resumed)."
-    state = {'epoch': -1, 'best_dice': -1.0, 'best_epoch': -1, 'history': [], 'fingerprint': fp, 'done': False,
-             'stopped': False}
-    ck, resumed = _resume_all(last, fp, rank)
-    if resumed:
-        state = load_checkpoint(ck, model, opt, sched, gen)
-        if W > 1 and len(ck['rng'].get('ranks') or []) == W: torch.set_rng_state(ck['rng']['ranks'][rank])
-        if rank == 0: print(f"resuming from {last} after epoch {state['epoch'] + 1} (best val Dice "
-                            f"{state['best_dice']:.4f} at epoch {state['best_epoch'] + 1})")
-    state['done'] = state.get('stopped', False) or state['epoch'] + 1 >= cfg.epochs   # more epochs asked: not done
-    if not state['done']:     # this run trains: record where (once per machine in a row)
-        ms, here = state.setdefault('machines', []), machine()
-        if not ms or ms[-1] != here: ms.append(here)
-    return state, resumed
+def _check_fit_args(cfg: TrainParams, train: Split, val: Split, seg, loss_fn):
+    "`fit`'s argument checks, each error naming the argument."
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} images)")
+    if loss_fn is None and seg is None:
+        raise ValueError("fit: pass seg (the model's loss settings: registry.model_loss(name)) or loss_fn")
+
+def _live(live_dir, resumed: bool):
+    "The dvclive logger of a run (rank 0), continuing its curves when the run resumes."
+    from dvclive import Live
+    return Live(str(live_dir), dvcyaml=False, save_dvc_exp=False,
+                resume=resumed and (Path(live_dir) / 'metrics.json').exists())
+
+def _new_best(model, state: dict, epoch: int, vd: float, fp: str, meta: dict | None, best: Path, rank: int):
+    "Record epoch `epoch` as the best so far; rank 0 writes its weights (and the run's spec) to `best`."
+    state['best_dice'], state['best_epoch'] = vd, epoch
+    if rank == 0:
+        _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp,
+                      'spec': meta or {}}, best)
 
 def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=torch.device('cpu'), amp: str = 'bf16',
         seed: int = 3407, seg: dict | None = None, forward: Callable = default_forward, loss_fn: Callable | None = None,
@@ -309,12 +227,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     (`train.compile`), bf16 autocast (`run.amp`). In a process group (`reclmis.distributed`) the model is wrapped in
     DDP, each rank trains on its chunk of every global batch, validation is sharded and summed, and only rank 0
     writes; with one process every step is the single-process computation, unchanged."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"fit: cfg.epochs ({cfg.epochs}) and cfg.batch_size ({cfg.batch_size}) must be >= 1")
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"fit: empty split (train {len(train)}, val {len(val)} images)")
-    if loss_fn is None and seg is None:
-        raise ValueError("fit: pass seg (the model's loss settings: registry.model_loss(name)) or loss_fn")
+    _check_fit_args(cfg, train, val, seg, loss_fn)
     rank, W = world()
     device, out_dir = torch.device(device), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,11 +237,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
     fp = run_fingerprint or fingerprint({'train': identity(cfg), 'seg': seg})
     last, best = out_dir / 'last.pt', out_dir / 'best.pt'
     state, resumed = _start(last, fp, model, opt, sched, gen, cfg, rank, W)
-    live = None
-    if live_dir is not None and rank == 0:
-        from dvclive import Live
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False,
-                    resume=resumed and (Path(live_dir) / 'metrics.json').exists())
+    live = _live(live_dir, resumed) if live_dir is not None and rank == 0 else None
     t0 = time.time()
     for epoch in range(state['epoch'] + 1, cfg.epochs):
         if state['done']: break
@@ -343,11 +252,7 @@ def fit(model, train: Split, val: Split, cfg: TrainParams, out_dir, *, device=to
                'epoch_s': round(time.time() - te, 2)}
         state['history'].append(rec)
         state['epoch'] = epoch
-        if vd > state['best_dice']:
-            state['best_dice'], state['best_epoch'] = vd, epoch
-            if rank == 0:
-                _atomic_save({'model': model.state_dict(), 'epoch': epoch + 1, 'val_dice': vd, 'fingerprint': fp,
-                              'spec': meta or {}}, best)
+        if vd > state['best_dice']: _new_best(model, state, epoch, vd, fp, meta, best, rank)
         stop = epoch - state['best_epoch'] + 1 > cfg.patience
         timeout = all_any(cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes, device)  # NCCL: on GPU
         state['stopped'] = stop

@@ -1,6 +1,6 @@
-"""Store reclmis.params.deviation_table() as the output of nbs/deviations.ipynb's generated cell (run from the root)."""
+"""Store reclmis.declarations.deviation_table() as the output of nbs/deviations.ipynb's generated cell (run from the root)."""
 import json
-from reclmis.config import deviation_table
+from reclmis.declarations import deviation_table
 p = 'nbs/deviations.ipynb'
 nb = json.load(open(p))
 c = next(c for c in nb['cells'] if 'deviation_table()' in ''.join(c['source']))

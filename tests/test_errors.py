@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, yaml
 from PIL import Image
 from reclmis.core import DataError, ParamsError
-from reclmis import data, sources
+from reclmis import data, decode, sources
 from conftest import run
 
 def _cli(args, cwd, params=None):
@@ -46,12 +46,12 @@ def _png(path, a): path.parent.mkdir(parents=True, exist_ok=True); Image.fromarr
 
 def test_corrupt_image(tmp_path):
     p = tmp_path / 'bad.png'; p.write_bytes(b'\x89PNG\r\n\x1a\n garbage')
-    with pytest.raises(DataError, match='bad.png'): data.load_image(p, 32)
+    with pytest.raises(DataError, match='bad.png'): decode.load_image(p, 32)
 
 def test_truncated_image(tmp_path):
     p = _png(tmp_path / 'full.png', np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     t = tmp_path / 'trunc.png'; t.write_bytes(p.read_bytes()[:200])
-    with pytest.raises(DataError, match='trunc.png'): data.load_image(t, 32)
+    with pytest.raises(DataError, match='trunc.png'): decode.load_image(t, 32)
 
 def _lvit_folder(root, mask_size=32, notes=True):
     for split, F in (('train', 'Train'), ('val', 'Val'), ('test', 'Test')):
@@ -68,14 +68,14 @@ def test_missing_note(tmp_path):
 def test_mask_image_size_mismatch(tmp_path):
     _lvit_folder(tmp_path, mask_size=16)
     df = data.index_lvit(tmp_path)
-    with pytest.raises(DataError, match='a.png'): data.decode(df, tmp_path, 32)
+    with pytest.raises(DataError, match='a.png'): decode.decode(df, tmp_path, 32)
 
 def test_mask_values_other_than_0_255(tmp_path):
     "Default: binarised (> 0) like the official code, with a warning naming the file; strict: an error."
     p = _png(tmp_path / 'm.png', np.array([[0, 128], [255, 0]], np.uint8))
-    with pytest.warns(UserWarning, match='m.png'): m = data.load_mask(p, 2)
+    with pytest.warns(UserWarning, match='m.png'): m = decode.load_mask(p, 2)
     assert m.tolist() == [[0, 1], [1, 0]]
-    with pytest.raises(DataError, match='m.png'): data.load_mask(p, 2, strict=True)
+    with pytest.raises(DataError, match='m.png'): decode.load_mask(p, 2, strict=True)
 
 
 def test_empty_note_in_index(tmp_path):

@@ -48,7 +48,7 @@ def test_params_and_deviations_follow_the_declarations(root):
     """params.yaml's values and generated comments, the Deviations page's knob table and the model classes' defaults
     all agree with the knobs' declarations in reclmis.params (one declaration, no drift)."""
     import json
-    from reclmis.config import params_drift, deviation_table
+    from reclmis.declarations import params_drift, deviation_table
     from reclmis.registry import official_drift
     assert params_drift(root / 'params.yaml') == []
     assert official_drift() == []

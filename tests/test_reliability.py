@@ -85,7 +85,8 @@ def test_a_bug_is_not_swallowed(ws, monkeypatch):
 
 def test_note_warnings(ws, capsys):
     "A long note, a note the vocabulary does not know, a note given to a text-free model: each says what happens."
-    from reclmis.text import make_text_encoder, note_warnings, note_lengths, unknown_share
+    from reclmis.text import make_text_encoder
+    from reclmis.tokens import note_warnings, note_lengths, unknown_share
     enc = make_text_encoder('minilm')
     notes = ['bilateral pulmonary infection, two infected areas, upper left lung and lower right lung, ' * 3,
              '\u2603\u2604\u2605 \u2603\u2604 \u2605\u2605', 'upper left lung.']
@@ -102,7 +103,7 @@ def test_note_warnings(ws, capsys):
 def test_pinned_dataset_that_lost_files(shared_data, tmp_path, monkeypatch, root):
     "An extracted MoNuSeg whose pair count no longer matches the pinned manifest is refused at the next fetch."
     from reclmis.config import load_params
-    from reclmis.pipeline import fetch_stage
+    from reclmis.prepare import fetch_stage
     monkeypatch.setenv('RECLMIS_DATA_MIRROR', str(shared_data))
     p = load_params(root / 'params.yaml')
     fetch_stage('monuseg', p, root=tmp_path)
