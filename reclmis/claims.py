@@ -11,8 +11,8 @@ from .core import project_root
 from .safeio import write_json
 
 # %% auto #0
-__all__ = ['CLAIMS', 'COMMANDS', 'mde', 'verdict', 'pair_rows', 'ablate_rows', 'bench_rows', 'claim_rows', 'claims_table',
-           'write_claims', 'claim_note']
+__all__ = ['CLAIMS', 'COMMANDS', 'mde', 'verdict', 'pair_rows', 'ablate_rows', 'bench_rows', 'cam_rows', 'claim_rows',
+           'claims_table', 'write_claims', 'claim_note']
 
 # %% ../nbs/72_claims.ipynb #4f31a335
 def mde(ci_low: float, ci_high: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -66,11 +66,12 @@ CLAIMS = [
     {'id': 'C10', 'claim': 'faster inference than LViT (about twice as fast)', 'kind': 'bench', 'quantity': 'latency',
      'paper': '20.3 ms / image on an RTX 3090, "nearly twice as fast as LViT" (Sec. IV-D7, Table 5)',
      'effect': 2.0},
-    {'id': 'C11', 'claim': "RecLMIS's decoder attends to the regions the note names more than LViT's", 'kind': 'todo',
-     'paper': 'Fig. 8 (Grad-CAM)', 'needs': 'Grad-CAM at the first decoder layer and its mass inside the named zones'},
+    {'id': 'C11', 'claim': "RecLMIS's decoder attends to the regions the note names more than LViT's", 'kind': 'cam',
+     'a': 'reclmis', 'b': 'lvit', 'paper': 'Fig. 8 (Grad-CAM pictures, no number)',
+     'needs': 'Grad-CAM at the first decoder layer and its mass inside the named zones (results/studies/cam.json)'},
 ]
 COMMANDS = {'pair': 'dvc repro studies/dvc.yaml:summary-compare', 'ablate': 'dvc repro studies/dvc.yaml:summary-ablate',
-            'bench': 'dvc repro studies/dvc.yaml:bench', 'todo': '-'}
+            'bench': 'dvc repro studies/dvc.yaml:bench', 'cam': 'dvc repro studies/dvc.yaml:cam', 'todo': '-'}
 
 # %% ../nbs/72_claims.ipynb #ac99230a
 def _row(c: dict, dataset: str, ours, lo, hi, p, seeds, v=None, unit='Dice points', **extra) -> dict:
@@ -118,14 +119,23 @@ def bench_rows(c: dict, bench: dict, a: str = 'reclmis', b: str = 'lvit') -> lis
                  unit=f'% change ({qa / 1e6:.2f} M vs {qb / 1e6:.2f} M)' if 'params' in c['quantity']
                  else f'% change ({qa / 1e9:.2f} G vs {qb / 1e9:.2f} G MACs)')]
 
+def cam_rows(c: dict, cam: dict) -> list[dict]:
+    "Rows of a `cam` claim from `results/studies/cam.json`: `a` - `b` in points of the Grad-CAM mass's named share."
+    x = (cam or {}).get('paired') or {}
+    if (x.get('a'), x.get('b')) != (c['a'], c['b']) or not x.get('named'): return []
+    t = x['named']
+    return [_row(c, cam['dataset'], t['diff'], t['ci_low'], t['ci_high'], t['p'], [cam['seed']],
+                 unit='points of Grad-CAM mass on the named opacities', n_units=t['n_units'], unit_kind='image')]
+
 # %% ../nbs/72_claims.ipynb #7c149187
-def claim_rows(summaries: dict, bench: dict | None, claims=CLAIMS) -> list[dict]:
-    "Every row of the ledger from the study summaries ({study: summary}) and the benchmark (or None)."
+def claim_rows(summaries: dict, bench: dict | None, claims=CLAIMS, cam: dict | None = None) -> list[dict]:
+    "Every row of the ledger from the study summaries ({study: summary}), the benchmark and Grad-CAM (or None)."
     rows = []
     for c in claims:
         got = (pair_rows(c, summaries.get('compare') or {}) if c['kind'] == 'pair' else
                ablate_rows(c, summaries.get('ablate') or {}) if c['kind'] == 'ablate' else
-               bench_rows(c, bench or {}) if c['kind'] == 'bench' else [])
+               bench_rows(c, bench or {}) if c['kind'] == 'bench' else
+               cam_rows(c, cam or {}) if c['kind'] == 'cam' else [])
         if not got:
             needs = c.get('needs') or f"the runs behind `{COMMANDS[c['kind']]}`"
             got = [{**_row(c, '-', None, None, None, None, [], 'not measured'), 'needs': needs}]
@@ -147,12 +157,14 @@ def claims_table(rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 def write_claims(root=None, out='results/claims.json') -> list[dict]:
-    "Build the ledger from results/studies/summary-*.json and results/bench-cpu.json under `root`; write `out`."
+    """Build the ledger from results/studies/summary-*.json, results/bench-cpu.json and results/studies/cam.json
+    under `root`; write `out`."""
     from reclmis.study import load_summaries
     root = Path(root or project_root())
     t0 = time.time()
-    bf = root / 'results/bench-cpu.json'
-    rows = claim_rows(load_summaries(root / 'results/studies'), json.loads(bf.read_text()) if bf.exists() else None)
+    bf, cf = root / 'results/bench-cpu.json', root / 'results/studies/cam.json'
+    rows = claim_rows(load_summaries(root / 'results/studies'), json.loads(bf.read_text()) if bf.exists() else None,
+                      cam=json.loads(cf.read_text()) if cf.exists() else None)
     f = root / out
     write_json(f, {'rows': rows, 'n_rows': len(rows), 'ledger_s': round(time.time() - t0, 2)})
     return rows
@@ -177,4 +189,3 @@ def claim_note(r: dict) -> str:
             s += (f"; this run could detect {r['mde']:.2f} points, so an effect of {target:.2f} needs about "
                   f"{max(1, round(r['n_units'] * (r['mde'] / target) ** 2))} units")
     return s + '.'
-
