@@ -11,7 +11,8 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
                   'tmca': {'width': 4, 'align_dim': 8}},
         'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca'], 'study_datasets': ['synth']},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
-        'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [3407], 'threads': 2},
+        'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis', 'lvit'], 'seeds': [3407],
+                                'threads': 2},
                     'uptake': {'datasets': ['synth'], 'models': ['reclmis', 'unet'], 'seeds': [1, 2], 'threads': 1},
                     'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407],
                                 'threads': 2},
@@ -80,7 +81,8 @@ def test_every_module_edit_reaches_the_stages_that_run_it(clone):
 def test_study_pipeline(clone):
     "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
     run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment '
-        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes', clone, env=ENV)    # every study and its summary (not the 8-min benchmark)
+        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:cam', clone,
+        env=ENV)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('uptake', 'synth', 'unet', 2),
                                 ('augment', 'synth', 'reclmis-aug-notesafe', 3407)):
@@ -97,8 +99,10 @@ def test_study_pipeline(clone):
     assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2]
     assert len(s['uptake']['baseline']['runs']) == 2
     assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
-    pair = s['compare']['synth']['pairs'][0]
-    assert {pair['a'], pair['b']} == {'reclmis', 'unet'} and 'p_holm' in pair
+    pair = next(q for q in s['compare']['synth']['pairs'] if {q['a'], q['b']} == {'reclmis', 'unet'})
+    assert 'p_holm' in pair
+    cam = json.loads((base / 'cam.json').read_text())           # C11: the compare study's three synth runs
+    assert set(cam['models']) == {'unet', 'lvit', 'reclmis'} and cam['n_images'] == 16, cam['models'].keys()
     assert s['compare']['synth']['ci_unit'] == 'image'
     ab = s['ablate']['synth']['contrasts'][0]      # the ablation contrast, averaged over both seeds; the full model
     assert s['ablate']['synth']['reference'] == 'uptake/reclmis'   # is the uptake study's run at each seed
