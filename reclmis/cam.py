@@ -12,10 +12,11 @@ from torch import nn
 from .core import DataError, project_root
 from .unet import UNet
 from .plam import UNetPLAM
+from .zones import ZONES
 
 # %% auto #0
-__all__ = ['CAM_ROLES', 'cam_layer', 'grad_cam', 'zones_of', 'cam_mass', 'cam_checkpoints', 'cam_inputs', 'cam_summary',
-           'plot_cams', 'cam_stage']
+__all__ = ['CAM_ROLES', 'cam_layer', 'grad_cam', 'zones_of', 'split_zones', 'cam_mass', 'cam_checkpoints', 'cam_inputs',
+           'cam_summary', 'plot_cams', 'cam_stage']
 
 # %% ../nbs/57_cam.ipynb #cm1fn
 def cam_layer(net: nn.Module) -> str:
@@ -61,7 +62,13 @@ def grad_cam(net: nn.Module, split, layer: str | None = None, batch_size: int = 
 # %% ../nbs/57_cam.ipynb #cm3fn
 def zones_of(bits: int) -> list[int]:
     "The zone ids set in a bit field (bit z = zone z, as `described_bits` / `lesion_bits` store them)."
-    return [z for z in range(6) if int(bits) >> z & 1]
+    return [z for z in range(len(ZONES)) if int(bits) >> z & 1]
+
+def split_zones(split) -> tuple[list[list[int]], list[list[int]]]:
+    """Per image of an embedded split: the zones its note names, and the distractor zones (holding an opacity the
+    note does not describe)."""
+    named = [zones_of(b) for b in split.extra['described_bits']]
+    return named, [[z for z in zones_of(l) if z not in n] for l, n in zip(split.extra['lesion_bits'], named)]
 
 def cam_mass(cam, zonemap, named, distractor) -> dict:
     """Share of the positive mass of `cam` [H,W] on the opacity pixels of the `named` zones and of the `distractor`
@@ -145,11 +152,10 @@ def plot_cams(split, cams: dict, pick: list[int], path, masses: dict | None = No
     n, cols = len(pick), 1 + len(cams)
     fig, axs = plt.subplots(max(n, 1), cols, figsize=(2.6 * cols, 3.1 * max(n, 1)), squeeze=False)
     for ax in axs.flat: ax.axis('off')
-    zmaps, lb, db = split.extra['zonemaps'], split.extra['lesion_bits'], split.extra['described_bits']
+    zmaps, (named, dis) = split.extra['zonemaps'], split_zones(split)
     for r, i in enumerate(pick):
         img = split.images[i, 0].float().numpy()
-        named, dis = zones_of(db[i]), [z for z in zones_of(lb[i]) if z not in zones_of(db[i])]
-        regions = [(np.isin(zmaps[i], [z + 1 for z in zs]), col) for zs, col in ((named, 'lime'), (dis, 'red'))]
+        regions = [(np.isin(zmaps[i], [z + 1 for z in zs[i]]), col) for zs, col in ((named, 'lime'), (dis, 'red'))]
         for c, (m, cam) in enumerate([(None, None)] + list(cams.items())):
             ax = axs[r, c]
             ax.imshow(img, cmap='gray', vmin=0, vmax=255)
@@ -190,9 +196,7 @@ def cam_stage(root=None, dataset: str = 'synth', seed: int = 3407, out='results/
     te = load_split(pa['prepared'] / 'test.npz')
     if 'zonemaps' not in te.extra: raise DataError(f"{pa['prepared'] / 'test.npz'} has no zone maps: Grad-CAM's "
                                                    "measure needs the embedded (synth) dataset")
-    zm, lb, db = te.extra['zonemaps'], te.extra['lesion_bits'], te.extra['described_bits']
-    named = [zones_of(b) for b in db]
-    dis = [[z for z in zones_of(l) if z not in n] for l, n in zip(lb, named)]
+    zm, (named, dis) = te.extra['zonemaps'], split_zones(te)
     cams, masses, info = {}, {}, {}
     for m, ck in cam_checkpoints(root, dataset, seed).items():
         net, x = cam_inputs(ck, te, pa['bank'])
