@@ -10,12 +10,32 @@ import numpy as np
 from .core import project_root
 from .params import Params
 from .safeio import write_json
-from .stats import compare_pairs, holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
+from itertools import combinations
+from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table',
-           'ablate_summary', 'ablate_table', 'notes_summary', 'notes_table', 'write_summary', 'load_summaries',
-           'write_summaries']
+__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary', 'uptake_table',
+           'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table', 'notes_summary',
+           'notes_table', 'compare_summary', 'compare_table', 'write_summary', 'load_summaries', 'write_summaries']
+
+# %% ../nbs/62_study.ipynb #lend1
+LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
+
+def lent_runs(p: Params, root, study: str, models, lenders=LENDERS) -> list[dict]:
+    """Finished runs of `models` at `study`'s datasets and seeds that a `lenders` study trained with `study`'s thread
+    count (so the same weights), minus those `study` trains itself; each with the lender's name under `study`."""
+    if p is None or study not in p.studies: return []
+    s = p.studies[study]
+    have = {(r['dataset'], r['model'], r['seed']) for r in study_runs(root, study)}
+    out = []
+    for name in lenders:
+        if name == study or name not in p.studies or p.studies[name].threads != s.threads: continue
+        for r in study_runs(root, name):
+            k = (r['dataset'], r['model'], r['seed'])
+            if r['model'] in models and r['dataset'] in s.datasets and r['seed'] in s.seeds and k not in have:
+                have.add(k)
+                out.append({**r, 'study': name})
+    return out
 
 # %% ../nbs/62_study.ipynb #3c14e884
 def _uptake_row(r: dict, blind_val: float) -> dict:
@@ -25,11 +45,14 @@ def _uptake_row(r: dict, blind_val: float) -> dict:
             'uptake_epoch': next((e['epoch'] for e in h if e['val_dice'] > blind_val + 0.02), None),
             'val_curve': [round(e['val_dice'], 4) for e in h], 'train_s': round(sum(e.get('epoch_s', 0) for e in h), 1)}
 
-def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 'unet') -> dict | None:
-    "Per model of `study` (the text-free `baseline` apart): one row per seed, with the blind ceiling of the dataset."
+def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 'unet',
+                   borrow=('reclmis', 'unet')) -> dict | None:
+    """Per model of `study` (the text-free `baseline` apart): one row per seed, with the blind ceiling of the dataset;
+    the `borrow` models' runs are lent (`lent_runs`)."""
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None
+    runs += lent_runs(p, root, study, borrow)
     ds = runs[0]['dataset']
     data = json.loads((root / 'results/studies' / ds / 'data.json').read_text())
     blind_val, blind_test = data['splits']['val'].get('blind_dice'), data['splits']['test'].get('blind_dice')
@@ -125,55 +148,88 @@ ABLATION = (('reclmis-ci-only', 'reclmis-no-text', 'CI adds to the text-free U-N
             ('reclmis', 'reclmis-no-cvr', 'CVR adds'), ('reclmis', 'reclmis-no-clr', 'CLR adds'),
             ('reclmis', 'reclmis-no-text', 'the full model beats the text-free baseline'))
 
-def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, reference=('uptake', 'reclmis'),
+def _two_level_ci(rs: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of a model's mean Dice A (points) that resamples both its seeds and the independent units:
+    each resample draws seeds with replacement, then units with replacement."""
+    import pandas as pd
+    df = pd.concat([pd.read_csv(r['dir'] / 'per_image.csv')[['name', 'dice_a']].assign(run=i)
+                    for i, r in enumerate(rs)])
+    df['unit'] = [unit_of(n) for n in df.name]
+    u, inv = np.unique(df.unit, return_inverse=True)
+    S = np.zeros((len(rs), len(u)))
+    np.add.at(S, (df.run.to_numpy(), inv), 100 * df.dice_a.to_numpy())
+    c = np.bincount(inv[df.run.to_numpy() == 0], minlength=len(u)).astype(float)
+    rng = np.random.default_rng(seed)
+    si, ui = rng.integers(0, len(rs), (n_boot, len(rs))), rng.integers(0, len(u), (n_boot, len(u)))
+    boot = np.array([S[a][:, b].sum() / (len(a) * c[b].sum()) for a, b in zip(si, ui)])
+    return float(np.quantile(boot, .025)), float(np.quantile(boot, .975))
+
+def _models(by: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    "Per model of `by` ({model: runs}): seeds, Dice A per seed, mean, SD over seeds, two-level CI, training seconds."
+    out = {}
+    for m, rs in sorted(by.items()):
+        d = [100 * r['metrics']['dice_a'] for r in rs]
+        ci = _two_level_ci(rs, n_boot, seed) if all((r['dir'] / 'per_image.csv').exists() for r in rs) else (None,) * 2
+        out[m] = {'seeds': [r['seed'] for r in rs], 'dice_a': d, 'dice_a_mean': float(np.mean(d)),
+                  'dice_a_sd': float(np.std(d, ddof=1)) if len(rs) > 1 else 0.0, 'ci_low': ci[0], 'ci_high': ci[1],
+                  'studies': sorted({r.get('study', '') for r in rs} - {''}),
+                  'train_s': round(sum(e.get('epoch_s', 0) for r in rs for e in r['train'].get('history', [])), 1)}
+    return out
+
+def _contrasts(by: dict, contrasts, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Each (a, b, meaning) of `contrasts` whose runs exist: paired test of seed-averaged per-image Dice A (points)
+    over the seeds a and b share, Holm-corrected across the rows."""
+    rows = []
+    for a, b, meaning in contrasts:
+        if a not in by or b not in by: continue
+        seeds = sorted({r['seed'] for r in by[a]} & {r['seed'] for r in by[b]})
+        if not seeds: continue
+        j = seed_mean([r for r in by[a] if r['seed'] in seeds]).merge(
+            seed_mean([r for r in by[b] if r['seed'] in seeds]), on='name', suffixes=('_a', '_b'))
+        t = paired_test(100 * (j.dice_a_a - j.dice_a_b).to_numpy(), [unit_of(n) for n in j.name], n_boot, seed)
+        rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, 'seed': seeds[0], **t})
+    for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
+    return rows
+
+def _by_dataset(runs: list[dict]) -> dict:
+    "{dataset: {model: runs sorted by seed}}."
+    out = {}
+    for r in sorted(runs, key=lambda r: r['seed']): out.setdefault(r['dataset'], {}).setdefault(r['model'], []).append(r)
+    return out
+
+def _units(by: dict) -> dict:
+    units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
+    return {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image', 'n_units': len(units)}
+
+def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, borrow=('reclmis',),
                    n_boot: int = 2000, seed: int = 0) -> dict | None:
     """Per dataset of `study`: each model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a
     paired test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts.
-    The full model's runs come from the `reference` (study, model) where `study` does not train it itself: the same
-    configuration at the same seeds and threads (so the same weights), trained once."""
+    The full model's runs are lent (`lent_runs`): the same configuration at the same seeds and threads, trained once."""
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None
-    have = {(r['dataset'], r['model']) for r in runs}
-    runs += [r for r in (study_runs(root, reference[0]) if reference else [])
-             if r['model'] == reference[1] and (r['dataset'], r['model']) not in have
-             and r['dataset'] in {x['dataset'] for x in runs} and r['seed'] in p.studies[study].seeds]
+    lent = lent_runs(p, root, study, borrow)
     out = {}
-    for ds in sorted({r['dataset'] for r in runs}):
-        by = {}
-        for r in runs:
-            if r['dataset'] == ds: by.setdefault(r['model'], []).append(r)
-        dice = {m: [100 * r['metrics']['dice_a'] for r in rs] for m, rs in by.items()}
-        models = {m: {'seeds': [r['seed'] for r in rs], 'dice_a': dice[m], 'dice_a_mean': float(np.mean(dice[m])),
-                      'dice_a_sd': float(np.std(dice[m], ddof=1)) if len(rs) > 1 else 0.0,
-                      'train_s': round(sum(e.get('epoch_s', 0) for r in rs for e in r['train'].get('history', [])), 1)}
-                  for m, rs in sorted(by.items())}
-        rows = []
-        for a, b, meaning in contrasts:
-            if a not in by or b not in by: continue
-            seeds = sorted({r['seed'] for r in by[a]} & {r['seed'] for r in by[b]})
-            if not seeds: continue
-            j = seed_mean([r for r in by[a] if r['seed'] in seeds]).merge(
-                seed_mean([r for r in by[b] if r['seed'] in seeds]), on='name', suffixes=('_a', '_b'))
-            t = paired_test(100 * (j.dice_a_a - j.dice_a_b).to_numpy(), [unit_of(n) for n in j.name], n_boot, seed)
-            rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, **t})
-        for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
-        units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
-        out[ds] = {'reference': f'{reference[0]}/{reference[1]}' if reference else None,
-                   'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image',
-                   'n_units': len(units), 'metric': 'dice_a (points), seed-averaged per image', 'models': models,
-                   'contrasts': rows}
+    for ds, by in _by_dataset(runs + lent).items():
+        out[ds] = {'lent': sorted({f"{r['model']} ({r['study']})" for r in lent if r['dataset'] == ds}), **_units(by),
+                   'metric': 'dice_a (points), seed-averaged per image', 'models': _models(by, n_boot, seed),
+                   'contrasts': _contrasts(by, contrasts, n_boot, seed)}
     return out
+
+def models_table(models: dict) -> str:
+    "Markdown: per model, Dice A per seed, mean (SD over seeds) and the interval that resamples seeds and units."
+    ci = lambda r: '-' if r.get('ci_low') is None else f"{r['ci_low']:.1f}-{r['ci_high']:.1f}"
+    return '\n'.join(['| model | Dice A per seed | mean (SD over seeds) | 95% CI (seeds and units) |', '|---|---|---|---|'] +
+                     [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) "
+                      f"| {r['dice_a_mean']:.2f} ({r['dice_a_sd']:.2f}) | {ci(r)} |" for m, r in models.items()])
 
 def ablate_table(d: dict) -> str:
     "The ablation study as markdown: per dataset, each model's Dice A per seed, then the contrasts."
     lines = []
     for ds, x in d.items():
-        ref = f"; the full model's runs are the `{x['reference']}` runs" if x.get('reference') else ''
-        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units{ref})", '',
-                  '| model | Dice A per seed | mean (SD over seeds) |', '|---|---|---|']
-        lines += [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) | "
-                  f"{r['dice_a_mean']:.2f} ({r['dice_a_sd']:.2f}) |" for m, r in x['models'].items()]
+        ref = f"; lent runs: {', '.join(x['lent'])}" if x.get('lent') else ''
+        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units{ref})", '', models_table(x['models'])]
         lines += ['', '| contrast | a - b | 95% CI | p (Holm) | meaning |', '|---|---|---|---|---|']
         lines += [f"| {r['a']} - {r['b']} | {r['diff']:+.2f} | {r['ci_low']:+.2f} to {r['ci_high']:+.2f} | "
                   f"{r['p_holm']:.4f} | {r['meaning']} |" for r in x['contrasts']]
@@ -187,11 +243,13 @@ NOTE_KEYS = (('dice_a', 'canonical notes'), ('text_paraphrase_dice_a', 'held-out
              ('text_swap_share_named_orig', 'foreground in the named half'),
              ('text_swap_share_named_swapped', 'foreground in the newly named half (sides swapped)'))
 
-def notes_summary(p: Params, root=None, study: str = 'notes') -> dict | None:
+def notes_summary(p: Params, root=None, study: str = 'notes', borrow=('unet', 'reclmis')) -> dict | None:
     """Per dataset and model of `study`: mean, SD and per-seed values of each `NOTE_KEYS` score (probes, metrics),
-    and the paired change from canonical to held-out phrasings (`paraphrase_change`), in points."""
+    and the paired change from canonical to held-out phrasings (`paraphrase_change`), in points. The `borrow`
+    models' runs are lent (`lent_runs`)."""
     root = Path(root or project_root())
-    runs = [r for r in study_runs(root, study) if (r['dir'] / 'probes.json').exists()]
+    runs = [r for r in study_runs(root, study) + lent_runs(p, root, study, borrow)
+            if (r['dir'] / 'probes.json').exists()]
     if not runs: return None
     out = {}
     for r in runs:
@@ -224,11 +282,36 @@ def notes_table(d: dict) -> str:
         parts.append('\n'.join(lines))
     return '\n\n'.join(parts)
 
+# %% ../nbs/62_study.ipynb #cmp1
+def compare_summary(p: Params, root=None, study: str = 'compare', extra=('seeds',), n_boot: int = 2000,
+                    seed: int = 0) -> dict | None:
+    """Per dataset of `study`: its models over every seed `study` and the `extra` studies trained them with (same
+    thread count), and every pair of models as a paired, Holm-corrected test (`_contrasts`)."""
+    root = Path(root or project_root())
+    runs = study_runs(root, study)
+    if not runs: return None
+    s = p.studies[study]
+    runs += [{**r, 'study': x} for x in extra if x in p.studies and p.studies[x].threads == s.threads
+             for r in study_runs(root, x) if r['model'] in s.models and r['dataset'] in s.datasets]
+    out = {}
+    for ds, by in _by_dataset(runs).items():
+        rows = _contrasts(by, [(a, b, '') for a, b in combinations(sorted(by), 2)], n_boot, seed)
+        for r in rows:
+            r['claim'] = (f"{r['a']} > {r['b']}" if r['diff'] > 0 else f"{r['b']} > {r['a']}") if r['p_holm'] < .05 \
+                else 'no ranking'
+        out[ds] = {**_units(by), 'metric': 'dice_a (points), seed-averaged per image over shared seeds',
+                   'models': _models(by, n_boot, seed), 'pairs': rows}
+    return out
+
+def compare_table(d: dict) -> str:
+    "The comparison summary as markdown: per dataset, the models over seeds, then the paired tests."
+    return '\n\n'.join(f'{ds}:\n\n' + models_table(x['models']) + '\n\n' + pairs_table(x) for ds, x in d.items())
+
 # %% ../nbs/62_study.ipynb #dba67d70
-SUMMARIES = {'compare': lambda p, root: compare_pairs(root), 'uptake': uptake_summary, 'augment': augment_summary,
+SUMMARIES = {'compare': compare_summary, 'uptake': uptake_summary, 'augment': augment_summary,
              'ablate': ablate_summary, 'notes': notes_summary}
 TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table, 'notes': notes_table,
-          'compare': lambda d: '\n\n'.join(f'{ds}: ' + pairs_table(x) for ds, x in d.items())}
+          'compare': compare_table}
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
     "Write `out`/summary-<study>.json from the study's runs (one stage per study: its deps are that study's results)."
