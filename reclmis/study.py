@@ -220,9 +220,11 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
 def models_table(models: dict) -> str:
     "Markdown: per model, Dice A per seed, mean (SD over seeds) and the interval that resamples seeds and units."
     ci = lambda r: '-' if r.get('ci_low') is None else f"{r['ci_low']:.1f}-{r['ci_high']:.1f}"
+    sd = lambda r: f"{r['dice_a_sd']:.2f}" if len(r['seeds']) > 1 else '-'
     return '\n'.join(['| model | Dice A per seed | mean (SD over seeds) | 95% CI (seeds and units) |', '|---|---|---|---|'] +
                      [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) "
-                      f"| {r['dice_a_mean']:.2f} ({r['dice_a_sd']:.2f}) | {ci(r)} |" for m, r in models.items()])
+                      f"| {r['dice_a_mean']:.2f} ({sd(r)}) | {ci(r)} |"
+                      for m, r in models.items()])
 
 def ablate_table(d: dict) -> str:
     "The ablation study as markdown: per dataset, each model's Dice A per seed, then the contrasts."
@@ -288,7 +290,7 @@ def compare_summary(p: Params, root=None, study: str = 'compare', extra=('seeds'
     """Per dataset of `study`: its models over every seed `study` and the `extra` studies trained them with (same
     thread count), and every pair of models as a paired, Holm-corrected test (`_contrasts`)."""
     root = Path(root or project_root())
-    runs = study_runs(root, study)
+    runs = [{**r, 'study': study} for r in study_runs(root, study)]
     if not runs: return None
     s = p.studies[study]
     runs += [{**r, 'study': x} for x in extra if x in p.studies and p.studies[x].threads == s.threads
