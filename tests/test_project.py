@@ -127,3 +127,15 @@ def test_readme_results_match_the_committed_results(root, tmp_path):
     from reclmis.readme import sync_readme
     run(f'git archive HEAD README.md results | tar -x -C {tmp_path}', root)
     assert sync_readme(root=tmp_path, check=True) is False
+
+def test_study_summaries_are_fresh(root):
+    """The committed summaries and the claims ledger were made from the committed runs: `dvc status` of each summary
+    stage and of `claims` (the stage itself, not its upstream runs, whose checkpoints are not in git) is clean. A run
+    re-made without re-running the summaries after it fails here (it once left the README's claims stale)."""
+    names = run('dvc stage list --name-only studies/dvc.yaml', root).stdout.split()
+    targets = [n for n in names if n.split(':', 1)[1].startswith('summary-') or n.endswith(':claims')]
+    assert len(targets) >= 5, names
+    out = run('dvc status --json ' + ' '.join(targets), root).stdout
+    stale = json.loads(out or '{}')
+    assert not stale, ('stale study summaries (run `dvc repro -s <stage>` for each, then commit): '
+                       f'{json.dumps(stale)[:2000]}')
