@@ -12,13 +12,15 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
         'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca'], 'study_datasets': ['synth']},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis', 'lvit'], 'seeds': [3407],
-                                'threads': 2},
-                    'uptake': {'datasets': ['synth'], 'models': ['reclmis', 'unet'], 'seeds': [1, 2], 'threads': 1},
+                                'threads': 1},       # one thread: not run.threads, so the study's count is seen
+                    'seeds': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [1, 2], 'threads': 1},
+                    'uptake': {'datasets': ['synth'], 'models': ['reclmis-official-ci'], 'seeds': [1, 2],
+                               'threads': 1},
                     'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407],
-                                'threads': 2},
+                                'threads': 1},
                     'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [1, 2],
-                               'threads': 2},
-                    'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 2}}}
+                               'threads': 1},
+                    'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 1}}}
 ENV = {}
 
 def _merge(a, b):
@@ -84,20 +86,25 @@ def test_study_pipeline(clone):
         'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:cam', clone,
         env=ENV)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
     base = clone / 'results/studies'
-    for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('uptake', 'synth', 'unet', 2),
+    for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('seeds', 'synth', 'unet', 2),
+                                ('uptake', 'synth', 'reclmis-official-ci', 2),
                                 ('augment', 'synth', 'reclmis-aug-notesafe', 3407)):
         r = base / st / ds / model / f's{seed}'
         assert (r / 'metrics.json').exists() and (r / 'evaluate.ipynb').exists(), r
-    notes = json.loads((base / 'summary-notes.json').read_text())['summary']['synth']['reclmis-canonical']
-    assert notes['seeds'] == [3407] and 'text_paraphrase_dice_a' in notes, notes   # its own 18-token bank, probed
-    t = json.loads((base / 'uptake/synth/unet/s2/train.json').read_text())
+    notes = json.loads((base / 'summary-notes.json').read_text())['summary']['synth']
+    assert notes['reclmis-canonical']['seeds'] == [3407] and 'text_paraphrase_dice_a' in notes['reclmis-canonical']
+    assert notes['reclmis']['seeds'] == [3407] and notes['unet']['seeds'] == [3407]   # lent by compare
+    assert not (base / 'uptake/synth/unet').exists()                       # a run is trained once: seeds lends it
+    t = json.loads((base / 'seeds/synth/unet/s2/train.json').read_text())
     assert t['seed'] == 2 and t['machines'][0]['torch_threads'] == 1         # the study's seed and thread count
     aug = json.loads((base / 'augment/synth/reclmis-aug-notesafe/s3407/train.json').read_text())
     assert aug['base_model'] == 'reclmis'
     from reclmis.study import load_summaries
     s = load_summaries(base)
-    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2]
+    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2]         # lent by seeds
+    assert [r['seed'] for r in s['uptake']['variants']['reclmis-official-ci']] == [1, 2]
     assert len(s['uptake']['baseline']['runs']) == 2
+    assert s['compare']['synth']['models']['reclmis']['seeds'] == [1, 2, 3407]       # compare's and seeds' runs
     assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
     pair = next(q for q in s['compare']['synth']['pairs'] if {q['a'], q['b']} == {'reclmis', 'unet'})
     assert 'p_holm' in pair
@@ -105,13 +112,13 @@ def test_study_pipeline(clone):
     assert set(cam['models']) == {'unet', 'lvit', 'reclmis'} and cam['n_images'] == 16, cam['models'].keys()
     assert s['compare']['synth']['ci_unit'] == 'image'
     ab = s['ablate']['synth']['contrasts'][0]      # the ablation contrast, averaged over both seeds; the full model
-    assert s['ablate']['synth']['reference'] == 'uptake/reclmis'   # is the uptake study's run at each seed
+    assert s['ablate']['synth']['lent'] == ['reclmis (seeds)']      # is lent by the seeds study at each seed
     assert (ab['a'], ab['b'], ab['seeds']) == ('reclmis', 'reclmis-no-text', [1, 2]) and 'p_holm' in ab
     left = {k for k in _status(clone, 'studies/dvc.yaml')
             if not k.endswith((':bench', ':bench-ddp', ':claims'))}   # the claims ledger needs the benchmark
     assert not left, left
     lock = yaml.safe_load((clone / 'studies/dvc.lock').read_text())['stages']
-    assert 'evaluate-uptake@uptake-synth-unet-2' in lock
+    assert 'evaluate-seeds@seeds-synth-unet-2' in lock
 
 def test_exp_run_with_set_param(clone):
     run('git add -A && git commit -qm results', clone)
