@@ -91,7 +91,7 @@ def pair_rows(c: dict, compare: dict) -> list[dict]:
             if {x['a'], x['b']} != {c['a'], c['b']}: continue
             s = 1 if x['a'] == c['a'] else -1                 # the summary orders a pair alphabetically
             lo, hi = sorted((s * x['ci_low'], s * x['ci_high']))
-            out.append(_row(c, ds, s * x['diff'], lo, hi, x['p_holm'], x.get('seeds', [x.get('seed')]), n_units=x['n_units'],
+            out.append(_row(c, ds, s * x['diff'], lo, hi, x['p_holm'], x['seeds'], n_units=x['n_units'],
                             unit_kind=d['ci_unit']))
     return out
 

@@ -187,14 +187,15 @@ def _contrasts(by: dict, contrasts, n_boot: int = 2000, seed: int = 0) -> list[d
         j = seed_mean([r for r in by[a] if r['seed'] in seeds]).merge(
             seed_mean([r for r in by[b] if r['seed'] in seeds]), on='name', suffixes=('_a', '_b'))
         t = paired_test(100 * (j.dice_a_a - j.dice_a_b).to_numpy(), [unit_of(n) for n in j.name], n_boot, seed)
-        rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, 'seed': seeds[0], **t})
+        rows.append({'a': a, 'b': b, 'meaning': meaning, 'seeds': seeds, **t})
     for r, ph in zip(rows, holm([r['p'] for r in rows]) if rows else []): r['p_holm'] = float(ph)
     return rows
 
 def _by_dataset(runs: list[dict]) -> dict:
     "{dataset: {model: runs sorted by seed}}."
     out = {}
-    for r in sorted(runs, key=lambda r: r['seed']): out.setdefault(r['dataset'], {}).setdefault(r['model'], []).append(r)
+    for r in sorted(runs, key=lambda r: r['seed']):
+        out.setdefault(r['dataset'], {}).setdefault(r['model'], []).append(r)
     return out
 
 def _units(by: dict) -> dict:
@@ -221,8 +222,10 @@ def models_table(models: dict) -> str:
     "Markdown: per model, Dice A per seed, mean (SD over seeds) and the interval that resamples seeds and units."
     ci = lambda r: '-' if r.get('ci_low') is None else f"{r['ci_low']:.1f}-{r['ci_high']:.1f}"
     sd = lambda r: f"{r['dice_a_sd']:.2f}" if len(r['seeds']) > 1 else '-'
-    return '\n'.join(['| model | Dice A per seed | mean (SD over seeds) | 95% CI (seeds and units) |', '|---|---|---|---|'] +
-                     [f"| {m} | {' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))}) "
+    seeds = lambda r: f"{' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))})"
+    return '\n'.join(['| model | Dice A per seed | mean (SD over seeds) | 95% CI (seeds and units) |',
+                      '|---|---|---|---|'] +
+                     [f"| {m} | {seeds(r)} "
                       f"| {r['dice_a_mean']:.2f} ({sd(r)}) | {ci(r)} |"
                       for m, r in models.items()])
 
@@ -231,7 +234,8 @@ def ablate_table(d: dict) -> str:
     lines = []
     for ds, x in d.items():
         ref = f"; lent runs: {', '.join(x['lent'])}" if x.get('lent') else ''
-        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units{ref})", '', models_table(x['models'])]
+        lines += [f"**{ds}** (resampling unit: {x['ci_unit']}, {x['n_units']} units{ref})", '',
+                  models_table(x['models'])]
         lines += ['', '| contrast | a - b | 95% CI | p (Holm) | meaning |', '|---|---|---|---|---|']
         lines += [f"| {r['a']} - {r['b']} | {r['diff']:+.2f} | {r['ci_low']:+.2f} to {r['ci_high']:+.2f} | "
                   f"{r['p_holm']:.4f} | {r['meaning']} |" for r in x['contrasts']]
