@@ -21,12 +21,13 @@ __all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
 
-def lent_runs(p: Params, root, study: str, models, lenders=LENDERS) -> list[dict]:
+def lent_runs(p: Params, root, study: str, models, lenders=LENDERS, own: list | None = None) -> list[dict]:
     """Finished runs of `models` at `study`'s datasets and seeds that a `lenders` study trained with `study`'s thread
-    count (so the same weights), minus those `study` trains itself; each with the lender's name under `study`."""
+    count (so the same weights), minus those `study` trains itself (`own`: its runs, when the caller has read them);
+    each with the lender's name under `study`."""
     if p is None or study not in p.studies: return []
     s = p.studies[study]
-    have = {(r['dataset'], r['model'], r['seed']) for r in study_runs(root, study)}
+    have = {(r['dataset'], r['model'], r['seed']) for r in (study_runs(root, study) if own is None else own)}
     out = []
     for name in lenders:
         if name == study or name not in p.studies or p.studies[name].threads != s.threads: continue
@@ -52,7 +53,7 @@ def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None
-    runs += lent_runs(p, root, study, borrow)
+    runs += lent_runs(p, root, study, borrow, own=list(runs))
     ds = runs[0]['dataset']
     data = json.loads((root / 'results/studies' / ds / 'data.json').read_text())
     blind_val, blind_test = data['splits']['val'].get('blind_dice'), data['splits']['test'].get('blind_dice')
@@ -210,7 +211,7 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None
-    lent = lent_runs(p, root, study, borrow)
+    lent = lent_runs(p, root, study, borrow, own=runs)
     out = {}
     for ds, by in _by_dataset(runs + lent).items():
         out[ds] = {'lent': sorted({f"{r['model']} ({r['study']})" for r in lent if r['dataset'] == ds}), **_units(by),
@@ -254,8 +255,8 @@ def notes_summary(p: Params, root=None, study: str = 'notes', borrow=('unet', 'r
     and the paired change from canonical to held-out phrasings (`paraphrase_change`), in points. The `borrow`
     models' runs are lent (`lent_runs`)."""
     root = Path(root or project_root())
-    runs = [r for r in study_runs(root, study) + lent_runs(p, root, study, borrow)
-            if (r['dir'] / 'probes.json').exists()]
+    own = study_runs(root, study)
+    runs = [r for r in own + lent_runs(p, root, study, borrow, own=own) if (r['dir'] / 'probes.json').exists()]
     if not runs: return None
     out = {}
     for r in runs:
