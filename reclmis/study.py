@@ -14,9 +14,10 @@ from itertools import combinations
 from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary', 'uptake_table',
-           'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table', 'notes_summary',
-           'notes_table', 'compare_summary', 'compare_table', 'write_summary', 'load_summaries', 'write_summaries']
+__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary',
+           'uptake_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table',
+           'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'compare_table', 'write_summary',
+           'load_summaries', 'write_summaries']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -290,7 +291,9 @@ def notes_table(d: dict) -> str:
     return '\n\n'.join(parts)
 
 # %% ../nbs/62_study.ipynb #cmp1
-def compare_summary(p: Params, root=None, study: str = 'compare', extra=('seeds',), n_boot: int = 2000,
+COMPARE_EXTRA = ('seeds', 'rivals')   # studies that add seeds to compare's rows (U-Net/RecLMIS; LViT/TMCA on synth)
+
+def compare_summary(p: Params, root=None, study: str = 'compare', extra=COMPARE_EXTRA, n_boot: int = 2000,
                     seed: int = 0) -> dict | None:
     """Per dataset of `study`: its models over every seed `study` and the `extra` studies trained them with (same
     thread count), and every pair of models as a paired, Holm-corrected test (`_contrasts`)."""
@@ -309,6 +312,17 @@ def compare_summary(p: Params, root=None, study: str = 'compare', extra=('seeds'
         out[ds] = {**_units(by), 'metric': 'dice_a (points), seed-averaged per image over shared seeds',
                    'models': _models(by, n_boot, seed), 'pairs': rows}
     return out
+
+PAIR_KEYS = ('a', 'b', 'diff', 'ci_low', 'ci_high', 'p', 'p_holm', 'seeds', 'claim')
+
+def comparison_files(d: dict) -> dict:
+    """{dataset: the `results/studies/comparison/<dataset>.json` payload} of a comparison summary `d`: the unit of the
+    intervals, per model its seeds, mean, SD and two-level interval, and per pair `a`, `b`, `diff` (a - b, points),
+    its paired cluster-bootstrap interval `ci_low`/`ci_high`, `p` and Holm's `p_holm` over the dataset's pairs."""
+    mk = ('seeds', 'dice_a', 'dice_a_mean', 'dice_a_sd', 'ci_low', 'ci_high')
+    return {ds: {'dataset': ds, 'ci_unit': x['ci_unit'], 'n_units': x['n_units'], 'metric': x['metric'],
+                 'models': {m: {k: r[k] for k in mk if k in r} for m, r in x['models'].items()},
+                 'pairs': [{k: r[k] for k in PAIR_KEYS} for r in x['pairs']]} for ds, x in d.items()}
 
 def compare_table(d: dict) -> str:
     "The comparison summary as markdown: per dataset, the models over seeds, then the paired tests."
@@ -330,6 +344,13 @@ def write_summary(p: Params, study: str, out='results/studies', root=None) -> st
     out.mkdir(parents=True, exist_ok=True)
     f = out / f'summary-{study}.json'
     write_json(f, {'study': study, 'summary': s, 'summary_s': round(time.time() - t0, 1)})
+    if study == 'compare':                        # one file per dataset: the paired tests of its models
+        c = out / 'comparison'
+        c.mkdir(exist_ok=True)
+        files = comparison_files(s or {})
+        for g in c.glob('*.json'):
+            if g.stem not in files: g.unlink()    # a dataset no longer compared (the stage's own output folder)
+        for ds, x in files.items(): write_json(c / f'{ds}.json', x)
     return TABLES[study](s) if s else f'_{study}: no runs yet_'
 
 def load_summaries(studies_dir='results/studies') -> dict:

@@ -125,10 +125,13 @@ def evaluate_val(model, split: Split, forward, batch_size: int, device, amp='bf1
         return float(t[0]) / max(float(t[1]), 1)
     return float(tot) / max(n, 1)
 
-def _check_finite(loss, parts, epoch):
-    "Stop every rank together on a non-finite training loss, naming the epoch and the loss parts."
+def _check_finite(loss, parts, epoch, step: int | None = None):
+    """Stop every rank together on a non-finite training loss, naming the epoch, the step (1-based; None: the loss
+    was read only every `train.sync_every` steps or once per epoch, so the step is unknown) and the loss parts. `fit`
+    saves nothing of the failing epoch: `best.pt` stays the last good best, `last.pt` the last finished epoch."""
     if all_any(not bool(torch.isfinite(loss).all()), loss.device):
-        raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} (parts: "
+        at = f"step {step + 1}" if step is not None else "a step between host reads (train.sync_every: 1 names it)"
+        raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, {at} (parts: "
                                  f"{ {k: float(v) for k, v in parts.items()} }); lower train.lr or check the data")
 
 def _setup(model, cfg: TrainParams, device, seed: int, W: int, rank: int):
@@ -165,7 +168,7 @@ def train_epoch(step_model, train: Split, cfg: TrainParams, opt, gen, loss_fn: C
         b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise, cfg.note_augment)   # the same on every rank
         b, share = rank_slice(b, W, rank)
         if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
-        chk = (lambda l, pt: _check_finite(l, pt, epoch)) if sync_every and step % sync_every == 0 else None
+        chk = (lambda l, pt, st=step: _check_finite(l, pt, epoch, st)) if sync_every and step % sync_every == 0 else None
         loss, parts = train_step(step_model, b, opt, loss_fn, forward, autocast_ctx(device, amp),
                                  share if W > 1 else None, chk)
         k_n = len(b['image']) if share else 0

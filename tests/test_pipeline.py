@@ -14,6 +14,7 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis', 'lvit'], 'seeds': [3407],
                                 'threads': 1},       # one thread: not run.threads, so the study's count is seen
                     'seeds': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [1, 2], 'threads': 1},
+                    'rivals': {'datasets': ['synth'], 'models': ['lvit'], 'seeds': [2], 'threads': 1},
                     'uptake': {'datasets': ['synth'], 'models': ['reclmis-official-ci'], 'seeds': [1, 2],
                                'threads': 1},
                     'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407],
@@ -105,6 +106,9 @@ def test_study_pipeline(clone):
     assert [r['seed'] for r in s['uptake']['variants']['reclmis-official-ci']] == [1, 2]
     assert len(s['uptake']['baseline']['runs']) == 2
     assert s['compare']['synth']['models']['reclmis']['seeds'] == [1, 2, 3407]       # compare's and seeds' runs
+    assert s['compare']['synth']['models']['lvit']['seeds'] == [2, 3407]              # compare's and rivals' runs
+    cf = json.loads((base / 'comparison/synth.json').read_text())                    # the per-dataset test file
+    assert cf['ci_unit'] == 'image' and {'a', 'b', 'diff', 'ci_low', 'ci_high', 'p', 'p_holm'} <= set(cf['pairs'][0])
     assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
     pair = next(q for q in s['compare']['synth']['pairs'] if {q['a'], q['b']} == {'reclmis', 'unet'})
     assert 'p_holm' in pair
