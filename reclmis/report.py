@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODEL_ORDER', 'PAPERS', 'run_page', 'runs_table', 'results_table', 'text_gap_table',
-           'counterfactual_table', 'text_table', 'data_table', 'probes_table', 'comparison_table', 'ranking_note',
-           'paper_table', 'what_differs', 'wording_table']
+           'counterfactual_table', 'text_table', 'data_table', 'probes_table', 'comparison_table', 'paper_table',
+           'what_differs', 'wording_table']
 
 # %% ../nbs/71_report.ipynb #32211b01
 def _runs(results_dir):
@@ -18,6 +18,20 @@ def _runs(results_dir):
     (`<ds>/<model>/s<seed>/metrics.json`)."""
     for m in sorted(Path(results_dir).glob('*/*/s[0-9]*/metrics.json')):
         yield m.parent.parent.parent.name, m.parent.parent.name, int(m.parent.name[1:]), m.parent
+
+def _with_ci(m: dict, d: Path) -> dict:
+    """`m` (a run's metrics.json) with `ci` = (low, high, unit) of Dice A: the probe stage's cluster interval when the
+    run has `probes.json` (subjects on QaTa-COV19: images of one subject are not independent), else evaluate's
+    interval, which resamples images."""
+    f = d / 'probes.json'
+    pr = json.loads(f.read_text()) if f.exists() else {}
+    if 'dice_a_cluster_ci_low' in pr:
+        return {**m, 'ci': (pr['dice_a_cluster_ci_low'], pr['dice_a_cluster_ci_high'], pr['ci_unit'])}
+    return {**m, 'ci': (m['dice_a_ci_low'], m['dice_a_ci_high'], 'image')} if 'dice_a_ci_low' in m else m
+
+def _ci(m: dict) -> str:
+    "' (low-high, units)' of `_with_ci`'s interval, in points; '' without one."
+    return f" ({100 * m['ci'][0]:.1f}-{100 * m['ci'][1]:.1f}, {m['ci'][2]}s)" if 'ci' in m else ''
 
 def _rows(results_dir):
     "(dataset, label, metrics, train.json) per run; the label is the model, with its seed where a model has several."
@@ -27,7 +41,8 @@ def _rows(results_dir):
     for ds, model, seed, d in runs:
         t = d / 'train.json'
         label = model if n[(ds, model)] == 1 else f'{model} s{seed}'
-        yield ds, label, json.loads((d / 'metrics.json').read_text()), json.loads(t.read_text()) if t.exists() else {}
+        yield ds, label, _with_ci(json.loads((d / 'metrics.json').read_text()), d), \
+              json.loads(t.read_text()) if t.exists() else {}
 
 def run_page(run_dir, stage: str) -> str:
     """The docs page name of a run's executed stage notebook (`results/<...>/s<seed>/<stage>.ipynb` ->
@@ -64,12 +79,12 @@ def _machine(m: dict, t: dict) -> str:
 def results_table(results_dir='results') -> str:
     """A markdown table: one row per (dataset, model) with protocol A/B metrics (in %), the 95% CI of Dice A and
     training facts."""
-    hdr = ('| dataset | model | Dice A (95% CI) | IoU A | Dice B | IoU B | class-mean IoU | test images | size '
+    hdr = ('| dataset | model | Dice A (95% CI, resampled unit) | IoU A | Dice B | IoU B | class-mean IoU | test images | size '
            '(run/metric) '
            '| params (total / inference) | text encoder | epochs (best) | train time | trained on |\n|' + '---|' * 14)
     lines = [hdr]
     for ds, model, m, t in _rows(results_dir):
-        ci = f" ({100 * m['dice_a_ci_low']:.1f}-{100 * m['dice_a_ci_high']:.1f})" if 'dice_a_ci_low' in m else ''
+        ci = _ci(m)
         tt = sum(h.get('epoch_s', 0) for h in t.get('history', [])) or t.get('wall_s_this_run', 0)
         lines.append(f"| {ds} | {model} | {100 * m['dice_a']:.2f}{ci} | {100 * m['iou_a']:.2f} | "
                      f"{100 * m['dice_b']:.2f} | "
@@ -191,38 +206,20 @@ def comparison_table(results_dir='results', dataset='synth') -> str:
     budget."""
     rows = {model: (m, t) for ds, model, m, t in _rows(results_dir) if ds == dataset}
     if not rows: return f'_No results for {dataset} yet._'
-    lines = ['| model | Dice A (95% CI) | IoU A | Dice B | IoU B | params (total / inference) | MACs/image, run size '
+    lines = ['| model | Dice A (95% CI, resampled unit) | IoU A | Dice B | IoU B | params (total / inference) | MACs/image, run size '
              '| MACs/image, 224x224 '
              '| CPU latency/image | epochs (best) | train time |', '|' + '---|' * 11]
     for model in _order(rows):
         m, t = rows[model]
         tt = sum(h.get('epoch_s', 0) for h in t.get('history', [])) or t.get('wall_s_this_run', 0)
-        lines.append(f"| {MODEL_NAMES.get(model, model)} | {100 * m['dice_a']:.2f} "
-                     f"({100 * m.get('dice_a_ci_low', 0):.1f}-"
-                     f"{100 * m.get('dice_a_ci_high', 0):.1f}) | {100 * m['iou_a']:.2f} | {100 * m['dice_b']:.2f} | "
+        lines.append(f"| {MODEL_NAMES.get(model, model)} | {100 * m['dice_a']:.2f}{_ci(m)} | {100 * m['iou_a']:.2f} | "
+                     f"{100 * m['dice_b']:.2f} | "
                      f"{100 * m['iou_b']:.2f} | "
                      f"{_params(t)} | {_g(m.get('macs_run'))} ({m.get('img_size', '?')} px) | {_g(m.get('macs_224'))} "
                      f"| "
                      f"{(format(m['cpu_latency_ms'], '.1f') + ' ms') if 'cpu_latency_ms' in m else '-'} | "
                      f"{t.get('epochs_run', '?')} ({t.get('best_epoch', '?')}) | {tt:.0f} s |")
     return '\n'.join(lines)
-
-def ranking_note(results_dir='results', dataset='synth') -> str:
-    "Which models are ahead of which on Dice A: only where the 95% intervals do not overlap; overlaps are named."
-    ci = {model: (m['dice_a_ci_low'], m['dice_a_ci_high'], m['dice_a']) for ds, model, m, _ in _rows(results_dir)
-          if ds == dataset and 'dice_a_ci_low' in m}
-    if len(ci) < 2: return ''
-    ms = sorted(ci, key=lambda k: -ci[k][2])
-    ahead, tied = [], []
-    for i, a in enumerate(ms):
-        for b in ms[i + 1:]:
-            (ahead if ci[a][0] > ci[b][1] else tied).append((a, b))
-    n = lambda k: MODEL_NAMES.get(k, k)
-    out = []
-    if ahead: out.append('Ahead with non-overlapping 95% intervals: ' + '; '.join(f'{n(a)} > {n(b)}' for a, b in ahead) + '.')
-    if tied: out.append('**No ranking is claimed** between ' + '; '.join(f'{n(a)} and {n(b)}' for a, b in tied) +
-                        ' (their intervals overlap).')
-    return ' '.join(out)
 
 def paper_table(results_dir='results', dataset='qata') -> str:
     "Our protocol-A numbers beside the published ones for `dataset` (what differs is listed under the table)."
