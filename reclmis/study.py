@@ -148,7 +148,9 @@ def augment_table(d: dict) -> str:
 ABLATION = (('reclmis-ci-only', 'reclmis-no-text', 'CI adds to the text-free U-Net + PLAM'),
             ('reclmis', 'reclmis-ci-only', 'the auxiliary losses (CCL, CVR, CLR) add to CI'),
             ('reclmis', 'reclmis-no-cvr', 'CVR adds'), ('reclmis', 'reclmis-no-clr', 'CLR adds'),
-            ('reclmis', 'reclmis-no-text', 'the full model beats the text-free baseline'))
+            ('reclmis', 'reclmis-no-text', 'the full model beats the text-free baseline'),
+            ('reclmis', 'reclmis-no-cond', 'conditioning CCL, CVR and CLR on WOI/POI adds (Table 3)'),
+            ('reclmis', 'reclmis-random-mask', 'POI/WOI-probability masking beats random masking (Table 4)'))
 
 def _two_level_ci(rs: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% interval of a model's mean Dice A (points) that resamples both its seeds and the independent units:
