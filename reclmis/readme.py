@@ -29,7 +29,7 @@ def _test_set(results_dir, dataset) -> str:
 def readme_results(root=None) -> str:
     "The README's results block (markdown) from the stage outputs under `root`/results."
     from reclmis.core import project_root
-    from reclmis.study import load_summaries, models_table, TABLES, COMPARE_EXTRA
+    from reclmis.study import load_summaries, models_table, TABLES, seed_lenders
     from reclmis.stats import pairs_table, study_runs
     from reclmis.bench import bench_table, speedup_table
     from reclmis.claims import claims_table
@@ -49,7 +49,7 @@ def readme_results(root=None) -> str:
                 f"{len(t)} runs, training {sum(t):.0f} s in all; {_test_set(S / 'compare', ds)})",
                 '', comparison_table(S / 'compare', ds), '']
         if any(len(m['seeds']) > 1 for m in d.get('models', {}).values()):
-            xs = [x for x in COMPARE_EXTRA if (S / x / ds).exists()]
+            xs = seed_lenders(d)
             ts = [t for x in xs for t in _train_s(S / x, ds)]
             out += [f"Over seeds (seed 3407 from `compare`, more from {' and '.join(f'`{x}`' for x in xs)}: "
                     f"{len(ts)} runs, training {sum(ts):.0f} s; `results/studies/comparison/{ds}.json`; pairs compare "

@@ -79,8 +79,8 @@ def _machine(m: dict, t: dict) -> str:
 def results_table(results_dir='results') -> str:
     """A markdown table: one row per (dataset, model) with protocol A/B metrics (in %), the 95% CI of Dice A and
     training facts."""
-    hdr = ('| dataset | model | Dice A (95% CI, resampled unit) | IoU A | Dice B | IoU B | class-mean IoU | test images | size '
-           '(run/metric) '
+    hdr = ('| dataset | model | Dice A (95% CI, resampled unit) | IoU A | Dice B | IoU B | class-mean IoU '
+           '| test images | size (run/metric) '
            '| params (total / inference) | text encoder | epochs (best) | train time | trained on |\n|' + '---|' * 14)
     lines = [hdr]
     for ds, model, m, t in _rows(results_dir):
@@ -206,8 +206,8 @@ def comparison_table(results_dir='results', dataset='synth') -> str:
     budget."""
     rows = {model: (m, t) for ds, model, m, t in _rows(results_dir) if ds == dataset}
     if not rows: return f'_No results for {dataset} yet._'
-    lines = ['| model | Dice A (95% CI, resampled unit) | IoU A | Dice B | IoU B | params (total / inference) | MACs/image, run size '
-             '| MACs/image, 224x224 '
+    lines = ['| model | Dice A (95% CI, resampled unit) | IoU A | Dice B | IoU B | params (total / inference) '
+             '| MACs/image, run size | MACs/image, 224x224 '
              '| CPU latency/image | epochs (best) | train time |', '|' + '---|' * 11]
     for model in _order(rows):
         m, t = rows[model]

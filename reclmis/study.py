@@ -14,10 +14,10 @@ from itertools import combinations
 from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary',
-           'uptake_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table',
-           'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'compare_table', 'write_summary',
-           'load_summaries', 'write_summaries']
+__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'OUTPUTS', 'lent_runs',
+           'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table',
+           'ablate_table', 'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders',
+           'compare_table', 'write_summary', 'load_summaries', 'write_summaries']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -54,7 +54,7 @@ def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None
-    runs += lent_runs(p, root, study, borrow, own=list(runs))
+    runs += lent_runs(p, root, study, borrow, own=runs)
     ds = runs[0]['dataset']
     data = json.loads((root / 'results/studies' / ds / 'data.json').read_text())
     blind_val, blind_test = data['splits']['val'].get('blind_dice'), data['splits']['test'].get('blind_dice')
@@ -326,6 +326,20 @@ def comparison_files(d: dict) -> dict:
                  'models': {m: {k: r[k] for k in mk if k in r} for m, r in x['models'].items()},
                  'pairs': [{k: r[k] for k in PAIR_KEYS} for r in x['pairs']]} for ds, x in d.items()}
 
+def seed_lenders(x: dict) -> list[str]:
+    "The `COMPARE_EXTRA` studies whose runs one dataset's comparison `x` (a `compare_summary` entry) averages over."
+    used = {st for m in x['models'].values() for st in m.get('studies', [])}
+    return [st for st in COMPARE_EXTRA if st in used]
+
+def _write_comparisons(s: dict | None, out: Path):
+    "`out`/comparison/<dataset>.json for each dataset of the comparison summary `s` (`comparison_files`)."
+    c = out / 'comparison'
+    c.mkdir(exist_ok=True)
+    files = comparison_files(s or {})
+    for g in c.glob('*.json'):
+        if g.stem not in files: g.unlink()    # a dataset no longer compared (the stage's own output folder)
+    for ds, x in files.items(): write_json(c / f'{ds}.json', x)
+
 def compare_table(d: dict) -> str:
     "The comparison summary as markdown: per dataset, the models over seeds, then the paired tests."
     return '\n\n'.join(f'{ds}:\n\n' + models_table(x['models']) + '\n\n' + pairs_table(x) for ds, x in d.items())
@@ -335,6 +349,7 @@ SUMMARIES = {'compare': compare_summary, 'uptake': uptake_summary, 'augment': au
              'ablate': ablate_summary, 'notes': notes_summary}
 TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table, 'notes': notes_table,
           'compare': compare_table}
+OUTPUTS = {'compare': _write_comparisons}   # files a summary stage writes beside summary-<study>.json
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
     "Write `out`/summary-<study>.json from the study's runs (one stage per study: its deps are that study's results)."
@@ -346,13 +361,7 @@ def write_summary(p: Params, study: str, out='results/studies', root=None) -> st
     out.mkdir(parents=True, exist_ok=True)
     f = out / f'summary-{study}.json'
     write_json(f, {'study': study, 'summary': s, 'summary_s': round(time.time() - t0, 1)})
-    if study == 'compare':                        # one file per dataset: the paired tests of its models
-        c = out / 'comparison'
-        c.mkdir(exist_ok=True)
-        files = comparison_files(s or {})
-        for g in c.glob('*.json'):
-            if g.stem not in files: g.unlink()    # a dataset no longer compared (the stage's own output folder)
-        for ds, x in files.items(): write_json(c / f'{ds}.json', x)
+    if study in OUTPUTS: OUTPUTS[study](s, out)
     return TABLES[study](s) if s else f'_{study}: no runs yet_'
 
 def load_summaries(studies_dir='results/studies') -> dict:
