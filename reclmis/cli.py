@@ -30,13 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='reclmis', description='reclmis pipeline steps (dvc repro runs them all)')
     ap.add_argument('--params', default=None, help='params file (default: the project params.yaml)')
     ap.add_argument('--debug', action='store_true', help='show the traceback of an error (also RECLMIS_DEBUG=1)')
-    ap.add_argument('--study', default=None, help='train/evaluate: the run belongs to this study of studies/dvc.yaml '
-                    '(runs under build/studies/<study>, results/studies/<study>; data under build/studies)')
+    ap.add_argument('--study', default=None, help='train/evaluate/record: the run belongs to this study of '
+                    'studies/dvc.yaml (runs under build/studies/<study>, results/studies/<study>; data under '
+                    'build/studies)')
     ap.add_argument('--studies', action='store_true',
                     help='fetch/prepare/encode: the study pipeline\'s data (build/studies)')
     sub = ap.add_subparsers(dest='cmd', required=True)
     for c in ('fetch', 'prepare', 'encode'): sub.add_parser(c).add_argument('dataset')
-    for c in ('train', 'evaluate'):
+    for c in ('train', 'evaluate', 'record'):
         s = sub.add_parser(c)
         s.add_argument('dataset')
         s.add_argument('model', help='a model or a variant name')
@@ -133,6 +134,9 @@ def _main(argv=None):
         from reclmis.evaluate import evaluate_stage
         print(json.dumps(evaluate_stage(a.dataset, a.model, p, seed=a.seed, study=a.study),
                                                indent=1))
+    elif a.cmd == 'record':
+        from reclmis.record import record_stage
+        print(json.dumps(record_stage(a.dataset, a.model, p, seed=a.seed, study=a.study), indent=1))
     return 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m reclmis.cli (no console script)

@@ -151,7 +151,7 @@ def compute_profile(net, te: Split, model: str, q: Params, dataset: str, text_di
 
 def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None,
                    study: str | None = None) -> dict:
-    """Score the best checkpoint of the run on the whole test split; write metrics.json, per_image.csv, panel.npz,
+    """Score the best checkpoint of the run on the whole test split; write evaluate.json, per_image.csv, panel.npz,
     overlays.png, curves.png, and the counterfactual test (`counterfactual_eval`, counterfactual.png)."""
     root = Path(root or project_root())
     q, base, seed = _run(p, dataset, model, seed, study)
@@ -162,11 +162,11 @@ def evaluate_stage(dataset: str, model: str, p: Params, root=None, seed: int | N
 def _savez(path, arrays: dict):
     with open(path, 'wb') as f: np.savez_compressed(f, **arrays)   # a file object: numpy adds no '.npz' to the name
 
-_EVAL_OUTS = ('cf_png', 'overlays', 'curves', 'panel', 'per_image', 'metrics')   # moved into place in this order
+_EVAL_OUTS = ('cf_png', 'overlays', 'curves', 'panel', 'per_image', 'evaluation')   # moved into place in this order
 
 def _evaluate(dataset, model, q, base, seed, pa) -> dict:
     """The body of `evaluate_stage`, under the run's lock. Every result is written into a staging folder first and
-    moved into place only when all of them exist (metrics.json last): a run that fails (a bug, a full disk) leaves
+    moved into place only when all of them exist (evaluate.json last): a run that fails (a bug, a full disk) leaves
     the previous results untouched."""
     stage = pa['results'] / f'.staging-{os.getpid()}'
     final, pa = pa, {**pa, **{k: stage / pa[k].name for k in _EVAL_OUTS}}
@@ -208,7 +208,7 @@ def _score(dataset, model, q, base, seed, pa) -> dict:
                  threshold=np.float32(q.evaluate.threshold))
     df = acc.per_image()
     df.insert(1, 'note', [te.notes[i] for i in te.note_idx.tolist()])
-    write_json(pa['metrics'], m)
+    write_json(pa['evaluation'], m)
     atomic_write(pa['panel'], lambda t: _savez(t, panel))
     atomic_write(pa['per_image'], lambda t: df.to_csv(t, index=False))
     plot_overlays(te, prob, df.dice_a.to_numpy(), q.evaluate.n_overlays, pa['overlays'], f'{model} on {dataset} test',

@@ -57,8 +57,8 @@ def code_hash(entries=('reclmis.pipeline',)) -> str:
 
 # %% ../nbs/61_graph.ipynb #6d59b32c
 CLI_ENTRIES = {'fetch': 'reclmis.prepare', 'prepare': 'reclmis.prepare', 'encode': 'reclmis.encode',
-               'train': 'reclmis.pipeline', 'evaluate': 'reclmis.evaluate', 'docs': 'reclmis.site',
-               'studies': 'reclmis.study'}
+               'train': 'reclmis.pipeline', 'evaluate': 'reclmis.evaluate', 'record': 'reclmis.record',
+               'docs': 'reclmis.site', 'studies': 'reclmis.study'}
 
 def stage_code(cmd: str, root=None) -> list[str]:
     """The project files a stage command `cmd` runs: the notebook papermill executes and the modules it imports, or the
@@ -68,7 +68,7 @@ def stage_code(cmd: str, root=None) -> list[str]:
     for nb in re.findall(r'papermill\s.*?(\S+\.ipynb)', cmd):
         files.add(nb)
         entries |= module_imports(root / nb)
-    for sub in re.findall(r'(?:^|&&\s*|;\s*)reclmis(?:\s+--\S+(?:\s+(?!fetch|prepare|encode|train|evaluate|docs)\S+)?)*\s+(\w+)', cmd):
+    for sub in re.findall(r'(?:^|&&\s*|;\s*)reclmis(?:\s+--\S+(?:\s+(?!fetch|prepare|encode|train|evaluate|record|docs)\S+)?)*\s+(\w+)', cmd):
         files.add('reclmis/cli.py')
         entries.add(CLI_ENTRIES.get(sub, 'reclmis.cli'))
     return sorted(files | set(module_closure(entries, root))) if entries or files else []

@@ -34,7 +34,7 @@ def paths(root, dataset: str, model: str | None = None, seed: int | None = None,
         rb, rr = b / model / f's{seed}', r / model / f's{seed}'
         d['lock'] = root / 'build' / '.locks' / f"{study or 'default'}-{dataset}-{model}-s{seed}.lock"   # safeio.RunLock
         d.update(ckpt=rb / 'ckpt', results=rr, live=rr / 'live', train_json=rr / 'train.json',
-                 metrics=rr / 'metrics.json',
+                 evaluation=rr / 'evaluate.json', probes=rr / 'probes.json', metrics=rr / 'metrics.json',
                  per_image=rr / 'per_image.csv', overlays=rr / 'overlays.png', curves=rr / 'curves.png',
                  cf_png=rr / 'counterfactual.png', panel=rr / 'panel.npz', train_nb=rr / 'train.ipynb',
                  evaluate_nb=rr / 'evaluate.ipynb')

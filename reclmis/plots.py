@@ -22,7 +22,8 @@ def _per_image(results_dir, dataset):
 
 # %% ../nbs/76_plots.ipynb #475a15b6
 def plot_comparison(results_dir='results', dataset='synth', path=None):
-    "Two panels: test Dice A per model with its 95% bootstrap interval, and the per-image Dice A distributions."
+    """Two panels: test Dice A per model with its 95% interval (resampling the independent unit where the run was
+    probed: `report._with_ci`), and the per-image Dice A distributions."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -31,14 +32,16 @@ def plot_comparison(results_dir='results', dataset='synth', path=None):
     models = _order([k for k in rows if k in per])
     if not models: return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    units = sorted({rows[k]['ci'][2] for k in models if 'ci' in rows[k]})
     for i, k in enumerate(models):
         m = rows[k]
-        a.errorbar([i], [100 * m['dice_a']],
-                   yerr=[[100 * (m['dice_a'] - m['dice_a_ci_low'])], [100 * (m['dice_a_ci_high'] - m['dice_a'])]],
+        lo, hi = m['ci'][:2] if 'ci' in m else (m['dice_a'], m['dice_a'])
+        a.errorbar([i], [100 * m['dice_a']], yerr=[[100 * (m['dice_a'] - lo)], [100 * (hi - m['dice_a'])]],
                    fmt='o', capsize=5, ms=7)
     a.set_xticks(range(len(models)), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models])
     a.set_ylabel('test Dice A (%)')
-    a.set_title(f'{dataset}: mean Dice A with 95% bootstrap interval', fontsize=9)
+    a.set_title(f"{dataset}: mean Dice A, 95% interval over {' / '.join(u + 's' for u in units) or 'no'}",
+                fontsize=9)
     a.grid(axis='y', alpha=.3)
     b.violinplot([100 * per[k].dice_a.to_numpy() for k in models], showmedians=True)
     b.set_xticks(range(1, len(models) + 1), [MODEL_NAMES.get(k, k).split(' (')[0] for k in models])

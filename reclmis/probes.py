@@ -119,7 +119,7 @@ def _dice(prob, target, thr):
 def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None = None,
                 study: str | None = None) -> dict:
     """Probe the run's best checkpoint on the test split: cluster CI of Dice A, HD95/ASSD, and (text models) the null,
-    shuffled and left/right-swapped notes. Writes `probes.json` beside the run's metrics.json."""
+    shuffled and left/right-swapped notes. Writes `probes.json` beside the run's evaluate.json."""
     from reclmis.layout import paths, run_name
     root = Path(root or project_root())
     q = resolve(p, dataset, model, study)
@@ -180,5 +180,5 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
                        text_paraphrase_dice_a=float(_dice(pp, target[at], thr).mean()),
                        text_paraphrase_example=para.notes[int(para.note_idx[0])])
     out['probe_s'] = round(time.time() - t0, 1)
-    write_json(pa['results'] / 'probes.json', out)
+    write_json(pa['probes'], out)
     return out

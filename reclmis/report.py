@@ -19,14 +19,12 @@ def _runs(results_dir):
     for m in sorted(Path(results_dir).glob('*/*/s[0-9]*/metrics.json')):
         yield m.parent.parent.parent.name, m.parent.parent.name, int(m.parent.name[1:]), m.parent
 
-def _with_ci(m: dict, d: Path) -> dict:
+def _with_ci(m: dict) -> dict:
     """`m` (a run's metrics.json) with `ci` = (low, high, unit) of Dice A: the probe stage's cluster interval when the
-    run has `probes.json` (subjects on QaTa-COV19: images of one subject are not independent), else evaluate's
+    run has been probed (subjects on QaTa-COV19: images of one subject are not independent), else evaluate's
     interval, which resamples images."""
-    f = d / 'probes.json'
-    pr = json.loads(f.read_text()) if f.exists() else {}
-    if 'dice_a_cluster_ci_low' in pr:
-        return {**m, 'ci': (pr['dice_a_cluster_ci_low'], pr['dice_a_cluster_ci_high'], pr['ci_unit'])}
+    if 'dice_a_cluster_ci_low' in m:
+        return {**m, 'ci': (m['dice_a_cluster_ci_low'], m['dice_a_cluster_ci_high'], m['ci_unit'])}
     return {**m, 'ci': (m['dice_a_ci_low'], m['dice_a_ci_high'], 'image')} if 'dice_a_ci_low' in m else m
 
 def _ci(m: dict) -> str:
@@ -41,7 +39,7 @@ def _rows(results_dir):
     for ds, model, seed, d in runs:
         t = d / 'train.json'
         label = model if n[(ds, model)] == 1 else f'{model} s{seed}'
-        yield ds, label, _with_ci(json.loads((d / 'metrics.json').read_text()), d), \
+        yield ds, label, _with_ci(json.loads((d / 'metrics.json').read_text())), \
               json.loads(t.read_text()) if t.exists() else {}
 
 def run_page(run_dir, stage: str) -> str:
@@ -162,12 +160,13 @@ def data_table(results_dir='results') -> str:
 
 # %% ../nbs/71_report.ipynb #a3c5be07
 def _probes(results_dir):
-    "(dataset, model, seed, probes.json as a dict) of every run under `results_dir` that has been probed."
+    "(dataset, model, seed, metrics.json as a dict) of every run under `results_dir` whose record holds its probes."
     for ds, model, seed, d in _runs(results_dir):
-        if (d / 'probes.json').exists(): yield ds, model, seed, json.loads((d / 'probes.json').read_text())
+        m = json.loads((d / 'metrics.json').read_text())
+        if 'ci_unit' in m: yield ds, model, seed, m
 
 def probes_table(results_dir='results') -> str:
-    """Per run with a `probes.json` (the `probe` stage): Dice A with the interval that resamples the independent unit,
+    """Per probed run (the `probe` stage's fields in its metrics.json): Dice A with the interval that resamples the independent unit,
     HD95 / ASSD, and the text-use probes (null note, shuffled note, left/right swapped note)."""
     f = lambda x: '-' if x is None else f'{100 * x:.2f}'
     lines = ['| dataset | model | seed | Dice A (95% CI over units) | unit (n) | HD95 / ASSD, px (undefined) | null '
@@ -258,7 +257,7 @@ def what_differs(results_dir='results', dataset='qata', data_dir=None) -> str:
 
 # %% ../nbs/71_report.ipynb #35d3a386
 def wording_table(results_dir='results') -> str:
-    """Per text-model run with the paraphrase probe (`probes.json`): Dice A with the canonical notes and with held-out
+    """Per text-model run with the paraphrase probe (in its metrics.json): Dice A with the canonical notes and with held-out
     phrasings of the same notes (`reclmis.notes.HELDOUT`) on the same images, and, on the images whose note names one
     lung, the share of the predicted foreground in the named half, with the note as written and with the sides swapped.
     """

@@ -259,11 +259,11 @@ def notes_summary(p: Params, root=None, study: str = 'notes', borrow=('unet', 'r
     models' runs are lent (`lent_runs`)."""
     root = Path(root or project_root())
     own = study_runs(root, study)
-    runs = [r for r in own + lent_runs(p, root, study, borrow, own=own) if (r['dir'] / 'probes.json').exists()]
+    runs = [r for r in own + lent_runs(p, root, study, borrow, own=own) if 'ci_unit' in r['metrics']]   # probed
     if not runs: return None
     out = {}
     for r in runs:
-        pr = {**r['metrics'], **json.loads((r['dir'] / 'probes.json').read_text())}
+        pr = r['metrics']
         row = out.setdefault(r['dataset'], {}).setdefault(r['model'], {'seeds': []})
         row['seeds'].append(r['seed'])
         for k, _ in NOTE_KEYS + (('paraphrase_change', ''),):

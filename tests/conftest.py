@@ -62,7 +62,7 @@ def pristine(tmp_path_factory, root):
                      ['evaluate', 'synth', 'unet']):
             assert cli.main(args) == 0, args
     finally: mp.undo()
-    assert (ws / 'results' / RUN / 'metrics.json').exists()
+    assert (ws / 'results' / RUN / 'evaluate.json').exists()
     return ws
 
 

@@ -246,8 +246,8 @@ CASES = [
     # --- the OS refuses a write ---------------------------------------------------------------------------------------
     Case('disk-full-train-json', ['train', 'synth', 'unet'], ['train.json', 'No space left', 'df -h'],
          _fail_write('train.json', errno.ENOSPC)),
-    Case('disk-full-metrics', ['evaluate', 'synth', 'unet'], ['metrics.json', 'No space left'],
-         _fail_write('metrics.json', errno.ENOSPC)),
+    Case('disk-full-metrics', ['evaluate', 'synth', 'unet'], ['evaluate.json', 'No space left'],
+         _fail_write('evaluate.json', errno.ENOSPC)),
     Case('permission-index', ['fetch', 'synth'], ['index.csv', 'Permission denied', 'chmod'],
          _fail_write('index.csv', errno.EACCES)),
     Case('read-only-figure', ['evaluate', 'synth', 'unet'], ['overlays.png', 'read-only'],

@@ -51,9 +51,10 @@ def test_repro_writes_everything_then_noop(clone):
     for model in ('unet', 'reclmis', 'lvit', 'tmca'):     # every model through the dvc matrix
         r = clone / 'results' / 'synth' / model / 's3407'
         m = json.loads((r / 'metrics.json').read_text())
-        assert set(m) >= {'dice_a', 'iou_a', 'dice_b', 'iou_b', 'miou_class', 'cf_dice_a', 'cf_dice_a_vs_orig'}
+        assert set(m) >= {'dice_a', 'iou_a', 'dice_b', 'iou_b', 'miou_class', 'cf_dice_a', 'cf_dice_a_vs_orig',
+                          'ci_unit', 'n_units', 'hd95', 'assd', 'text_null_dice_a' if model != 'unet' else 'assd'}
         for f in ('per_image.csv', 'overlays.png', 'curves.png', 'counterfactual.png', 'train.json', 'panel.npz',
-                  'train.ipynb', 'evaluate.ipynb', 'probes.json'): assert (r / f).exists(), f
+                  'train.ipynb', 'evaluate.ipynb', 'evaluate.json', 'probes.json'): assert (r / f).exists(), f
     assert json.loads((clone / 'results/synth/text.json').read_text())['encoder'] == 'minilm'
     assert (clone / '_docs' / 'index.html').exists() and (clone / '_docs' / 'results.html').exists()
     page = (clone / '_docs' / 'results.html').read_text()

@@ -133,7 +133,7 @@ def test_own_lvit_dataset_through_the_pipeline(tmp_path_factory, root):
     out = run('dvc repro evaluate', d, env=env).stdout
     for s in ('fetch@mosmed', 'prepare@mosmed', 'encode@mosmed', 'train@mosmed-unet-3407', 'evaluate@mosmed-unet-3407'):
         assert f"Running stage '{s}'" in out, (s, out[-3000:])
-    assert 0 <= json.loads((d / 'results/mosmed/unet/s3407/metrics.json').read_text())['dice_a'] <= 1
+    assert 0 <= json.loads((d / 'results/mosmed/unet/s3407/evaluate.json').read_text())['dice_a'] <= 1
     assert len((d / 'results/mosmed/unet/s3407/per_image.csv').read_text().splitlines()) == 1 + 4
     data = json.loads((d / 'results/mosmed/data.json').read_text())
     assert {k: v['n'] for k, v in data['splits'].items()} == {'train': 12, 'val': 4, 'test': 4}
