@@ -52,7 +52,7 @@ def readme_results(root=None) -> str:
             xs = seed_lenders(d)
             ts = [t for x in xs for t in _train_s(S / x, ds)]
             out += [f"Over seeds (seed 3407 from `compare`, more from {' and '.join(f'`{x}`' for x in xs)}: "
-                    f"{len(ts)} runs, training {sum(ts):.0f} s; `results/studies/comparison/{ds}.json`; pairs compare "
+                    f"{len(ts)} runs, training {sum(ts):.0f} s; `results/{ds}/comparison.json`; pairs compare "
                     "seed-averaged per-image Dice over the seeds both models share):",
                     '', models_table(d['models']), '']
         out += [pairs_table(d), '']

@@ -318,7 +318,7 @@ def compare_summary(p: Params, root=None, study: str = 'compare', extra=COMPARE_
 PAIR_KEYS = ('a', 'b', 'diff', 'ci_low', 'ci_high', 'p', 'p_holm', 'seeds', 'claim')
 
 def comparison_files(d: dict) -> dict:
-    """{dataset: the `results/studies/comparison/<dataset>.json` payload} of a comparison summary `d`: the unit of the
+    """{dataset: the `results/<dataset>/comparison.json` payload} of a comparison summary `d`: the unit of the
     intervals, per model its seeds, mean, SD and two-level interval, and per pair `a`, `b`, `diff` (a - b, points),
     its paired cluster-bootstrap interval `ci_low`/`ci_high`, `p` and Holm's `p_holm` over the dataset's pairs."""
     mk = ('seeds', 'dice_a', 'dice_a_mean', 'dice_a_sd', 'ci_low', 'ci_high')
@@ -332,13 +332,14 @@ def seed_lenders(x: dict) -> list[str]:
     return [st for st in COMPARE_EXTRA if st in used]
 
 def _write_comparisons(s: dict | None, out: Path):
-    "`out`/comparison/<dataset>.json for each dataset of the comparison summary `s` (`comparison_files`)."
-    c = out / 'comparison'
-    c.mkdir(exist_ok=True)
+    """`results/<dataset>/comparison.json` (`out` is `results/studies`) for each dataset of the comparison summary `s`
+    (`comparison_files`); a dataset no longer compared loses its file (each is this stage's declared output)."""
     files = comparison_files(s or {})
-    for g in c.glob('*.json'):
-        if g.stem not in files: g.unlink()    # a dataset no longer compared (the stage's own output folder)
-    for ds, x in files.items(): write_json(c / f'{ds}.json', x)
+    for g in out.parent.glob('*/comparison.json'):
+        if g.parent.name not in files: g.unlink()
+    for ds, x in files.items():
+        (out.parent / ds).mkdir(parents=True, exist_ok=True)
+        write_json(out.parent / ds / 'comparison.json', x)
 
 def compare_table(d: dict) -> str:
     "The comparison summary as markdown: per dataset, the models over seeds, then the paired tests."

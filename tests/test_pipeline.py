@@ -108,7 +108,7 @@ def test_study_pipeline(clone):
     assert len(s['uptake']['baseline']['runs']) == 2
     assert s['compare']['synth']['models']['reclmis']['seeds'] == [1, 2, 3407]       # compare's and seeds' runs
     assert s['compare']['synth']['models']['lvit']['seeds'] == [2, 3407]              # compare's and rivals' runs
-    cf = json.loads((base / 'comparison/synth.json').read_text())                    # the per-dataset test file
+    cf = json.loads((clone / 'results/synth/comparison.json').read_text())          # the per-dataset test file
     assert cf['ci_unit'] == 'image' and {'a', 'b', 'diff', 'ci_low', 'ci_high', 'p', 'p_holm'} <= set(cf['pairs'][0])
     assert set(s['augment']['recipes']) == {'hflip', 'official_notesafe'}   # synth's configured recipe is hflip
     pair = next(q for q in s['compare']['synth']['pairs'] if {q['a'], q['b']} == {'reclmis', 'unet'})
