@@ -14,10 +14,10 @@ from itertools import combinations
 from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'OUTPUTS', 'lent_runs',
-           'uptake_summary', 'uptake_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table',
-           'ablate_table', 'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders',
-           'compare_table', 'write_summary', 'load_summaries', 'write_summaries']
+__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary',
+           'uptake_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table',
+           'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table',
+           'write_summary', 'load_summaries', 'write_summaries', 'write_comparison']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -331,16 +331,6 @@ def seed_lenders(x: dict) -> list[str]:
     used = {st for m in x['models'].values() for st in m.get('studies', [])}
     return [st for st in COMPARE_EXTRA if st in used]
 
-def _write_comparisons(s: dict | None, out: Path):
-    """`results/<dataset>/comparison.json` (`out` is `results/studies`) for each dataset of the comparison summary `s`
-    (`comparison_files`); a dataset no longer compared loses its file (each is this stage's declared output)."""
-    files = comparison_files(s or {})
-    for g in out.parent.glob('*/comparison.json'):
-        if g.parent.name not in files: g.unlink()
-    for ds, x in files.items():
-        (out.parent / ds).mkdir(parents=True, exist_ok=True)
-        write_json(out.parent / ds / 'comparison.json', x)
-
 def compare_table(d: dict) -> str:
     "The comparison summary as markdown: per dataset, the models over seeds, then the paired tests."
     return '\n\n'.join(f'{ds}:\n\n' + models_table(x['models']) + '\n\n' + pairs_table(x) for ds, x in d.items())
@@ -350,7 +340,6 @@ SUMMARIES = {'compare': compare_summary, 'uptake': uptake_summary, 'augment': au
              'ablate': ablate_summary, 'notes': notes_summary}
 TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table, 'notes': notes_table,
           'compare': compare_table}
-OUTPUTS = {'compare': _write_comparisons}   # files a summary stage writes beside summary-<study>.json
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
     "Write `out`/summary-<study>.json from the study's runs (one stage per study: its deps are that study's results)."
@@ -362,7 +351,6 @@ def write_summary(p: Params, study: str, out='results/studies', root=None) -> st
     out.mkdir(parents=True, exist_ok=True)
     f = out / f'summary-{study}.json'
     write_json(f, {'study': study, 'summary': s, 'summary_s': round(time.time() - t0, 1)})
-    if study in OUTPUTS: OUTPUTS[study](s, out)
     return TABLES[study](s) if s else f'_{study}: no runs yet_'
 
 def load_summaries(studies_dir='results/studies') -> dict:
@@ -372,3 +360,18 @@ def load_summaries(studies_dir='results/studies') -> dict:
 def write_summaries(p: Params, out='results/studies', root=None) -> dict:
     "Every study's summary (`write_summary`); returns {study: markdown table}."
     return {s: write_summary(p, s, out, root) for s in SUMMARIES if s in p.studies}
+
+def write_comparison(dataset: str, studies_dir='results/studies', root=None) -> Path:
+    """Write `results/<dataset>/comparison.json` (`comparison_files`) from the compare summary in `studies_dir`: the
+    `comparison@<dataset>` stage, one per dataset of `studies.compare`, so the declared outputs follow the grid."""
+    root = Path(root or project_root())
+    f = root / studies_dir / 'summary-compare.json'
+    if not f.exists(): raise FileNotFoundError(f"{f} not found: run `dvc repro studies/dvc.yaml:summary-compare` first")
+    files = comparison_files(json.loads(f.read_text())['summary'] or {})
+    if dataset not in files:
+        raise ValueError(f"{f} compares no runs of dataset '{dataset}' (it has: {', '.join(files) or 'none'}); "
+                         f"add it to studies.compare.datasets and run the compare study")
+    out = root / 'results' / dataset / 'comparison.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, files[dataset])
+    return out

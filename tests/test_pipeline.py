@@ -85,7 +85,8 @@ def test_every_module_edit_reaches_the_stages_that_run_it(clone):
 def test_study_pipeline(clone):
     "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
     run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment '
-        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:cam', clone,
+        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:cam '
+        'studies/dvc.yaml:comparison', clone,
         env=ENV)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('seeds', 'synth', 'unet', 2),

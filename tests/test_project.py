@@ -79,13 +79,6 @@ def test_committed_results_are_stage_outputs(root):
     stray = [t for t in tracked if not any(t == o or t.startswith(o.rstrip('/') + '/') for o in outs)]
     assert not stray, f'committed under results/ but no stage output (regenerate or remove): {stray}'
 
-def test_comparison_files_are_declared(root):
-    "summary-compare declares results/<dataset>/comparison.json for exactly the datasets of studies.compare."
-    ds = yaml.safe_load((root / 'params.yaml').read_text())['studies']['compare']['datasets']
-    outs = yaml.safe_load((root / 'studies/dvc.yaml').read_text())['stages']['summary-compare']['outs']
-    declared = {next(iter(o)) if isinstance(o, dict) else o for o in outs}
-    assert {d for d in declared if d.endswith('/comparison.json')} == {f'results/{d}/comparison.json' for d in ds}
-
 def test_no_reference_outside_the_repository(root):
     "Docs and code cite primary sources, never a file that only exists on the maintainers' machines."
     hits = run("git grep -n -i -e 'method-spec' -e 'shared/data' -- "
