@@ -5,7 +5,7 @@
 # %% ../nbs/13_dataset.ipynb #70775052
 from __future__ import annotations
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ from .core import DataError
 from .augment import AUGMENTS, augment_batch, _draw
 
 # %% auto #0
-__all__ = ['mirror_note', 'Split', 'attach_text', 'attach_paraphrases', 'make_split', 'save_split', 'load_split', 'batches',
-           'get_batch']
+__all__ = ['SIDE_CONVENTIONS', 'mirror_note', 'Split', 'attach_text', 'attach_paraphrases', 'attach_side_notes', 'make_split',
+           'save_split', 'load_split', 'batches', 'get_batch']
 
 # %% ../nbs/13_dataset.ipynb #fd1e6d66
 _SIDE = re.compile(r'\b(left|right)\b')
@@ -42,15 +42,17 @@ class Split:
     text_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),L]
     para_text: torch.Tensor | None = None       # K phrasings of each note [len(notes),K,L,D] (`attach_paraphrases`)
     para_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),K,L]
+    side_text: torch.Tensor | None = None       # its one-lung notes [len(notes),2,L,D] (`attach_side_notes`)
+    side_mask: torch.Tensor | None = None       # their token mask, bool [len(notes),2,L]
+    side_half: torch.Tensor | None = None       # each lung's image half (0, 1; -1 none) [len(notes),2]
 
     def __len__(self): return len(self.images)
 
     def to(self, device):
         "Move the tensors (kept uint8: 4x smaller than float) to `device`."
         mv = lambda t: t.to(device) if torch.is_tensor(t) else t
-        return Split(mv(self.images), mv(self.masks), self.notes, mv(self.note_idx), mv(self.mirror_idx), self.names,
-                     {k: mv(v) for k, v in self.extra.items()}, mv(self.text), mv(self.text_mask), mv(self.para_text),
-                     mv(self.para_mask))
+        return replace(self, **{f.name: mv(getattr(self, f.name)) for f in fields(self) if f.name != 'extra'},
+                       extra={k: mv(v) for k, v in self.extra.items()})
 
 def attach_text(s: Split, bank) -> Split:
     """A copy of `s` carrying the cached token features of its notes (mirrored ones included) from `bank` (a
@@ -70,6 +72,25 @@ def attach_paraphrases(s: Split, bank) -> tuple[Split, int]:
     out = Split(s.images, s.masks, s.notes, s.note_idx, s.mirror_idx, s.names, s.extra, s.text, s.text_mask,
                 f.reshape(len(s.notes), K, *f.shape[1:]), m.reshape(len(s.notes), K, -1))
     return out, sum(n in para for n in s.notes)
+
+SIDE_CONVENTIONS = ('image', 'radiological')   # how notes name sides (params synth.sides; QaTa-COV19: image)
+
+def attach_side_notes(s: Split, bank, sides: str = 'image') -> tuple[Split, int]:
+    """A copy of `s` (with text attached) that also carries each unique note's one-lung notes
+    (`bank.meta['side_notes']`, encoded with `text.side_notes`, `reclmis.notes.side_notes`), left lung first, and the
+    image half each lung occupies under the side convention `sides` ('image': the left lung is the image's left half,
+    as in QaTa-COV19; 'radiological': its right half); a note without one-lung notes (free text) gets half -1 and is
+    never cut. Returns (split, number of the split's unique notes that have them)."""
+    if sides not in SIDE_CONVENTIONS:
+        raise ValueError(f"side convention {sides!r} is not one of {', '.join(SIDE_CONVENTIONS)} (params synth.sides)")
+    sn = bank.meta.get('side_notes') or {}
+    if s.text is None or not sn: return s, 0
+    f, m = bank.lookup([x for n in s.notes for x in sn.get(n, [n, n])])
+    lungs = [0, 1] if sides == 'image' else [1, 0]
+    half = torch.tensor([lungs if n in sn else [-1, -1] for n in s.notes], dtype=torch.long)
+    out = replace(s, side_text=f.reshape(len(s.notes), 2, *f.shape[1:]), side_mask=m.reshape(len(s.notes), 2, -1),
+                  side_half=half)
+    return out, sum(n in sn for n in s.notes)
 
 def make_split(images, masks, notes: list[str], names=None, **extra) -> Split:
     "Build a `Split` from arrays and one note per image; checks shapes and the mask value set."
@@ -115,14 +136,16 @@ def batches(n: int, batch_size: int, shuffle: bool = False, generator: torch.Gen
         yield idx
 
 def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: torch.Generator | None = None,
-              blur_rowwise: bool = True, note_augment: float = 0.0) -> dict:
+              blur_rowwise: bool = True, note_augment: float = 0.0, note_sides: float = 0.0) -> dict:
     """Gather a batch: image float [B,C,H,W] in [0,1], mask float [B,1,H,W], note_idx [B] (into `s.notes`), idx [B],
     and when the split carries text: text [B,L,D], text_mask [B,L] of each sample's (possibly mirrored) note.
     augment: 'none' | 'hflip' (p=0.5 per sample, note mirrored) | 'official' (blur, photometric, rot90/flip, rotate;
     the note is not changed) | 'official_notesafe' (blur, photometric, rotate, then hflip with the note mirrored):
     `reclmis.augment`. blur_rowwise: the official row-wise blur quirk (False: the intended 2-D blur). note_augment: the
     share of samples whose text is one of its note's phrasings (`attach_paraphrases`), drawn after the flip (so a
-    mirrored note gets a phrasing of the mirrored note); 0 draws nothing (the official path, bit for bit)."""
+    mirrored note gets a phrasing of the mirrored note); 0 draws nothing (the official path, bit for bit).
+    note_sides: the share of samples (with one-lung notes, `attach_side_notes`) that read the note of one lung, drawn
+    at random, with the mask cut to that lung's half of the image; 0 draws nothing."""
     dev = s.images.device
     idx = idx.to(dev)
     img, msk, nid = s.images[idx].float(), s.masks[idx].float()[:, None], s.note_idx[idx]
@@ -142,4 +165,15 @@ def get_batch(s: Split, idx: torch.Tensor, augment: str = 'none', generator: tor
         k = (_draw(generator, dev, len(idx)) * s.para_text.shape[1]).long().clamp(max=s.para_text.shape[1] - 1)
         out['text'] = torch.where(use[:, None, None], s.para_text[nid, k].float(), out['text'])
         out['text_mask'] = torch.where(use[:, None], s.para_mask[nid, k], out['text_mask'])
+    if note_sides > 0 and s.side_text is not None:
+        if augment == 'official':
+            raise ValueError("train.note_sides cuts the mask by the note's side, which the official augment's "
+                             "rot90/flips break: use hflip or official_notesafe")
+        cut = (_draw(generator, dev, len(idx)) < note_sides) & (s.side_half[nid, 0] >= 0)
+        lung = (_draw(generator, dev, len(idx)) < 0.5).long()
+        W = msk.shape[-1]
+        keep = (torch.arange(W, device=dev) >= W // 2).long()[None] == s.side_half[nid, lung][:, None]   # [B,W]
+        out['mask'] = torch.where(cut[:, None, None, None], msk * keep[:, None, None].float(), msk)
+        out['text'] = torch.where(cut[:, None, None], s.side_text[nid, lung].float(), out['text'])
+        out['text_mask'] = torch.where(cut[:, None], s.side_mask[nid, lung], out['text_mask'])
     return out

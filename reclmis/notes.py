@@ -6,10 +6,10 @@
 from __future__ import annotations
 import re, zlib
 import numpy as np
-from .zones import SIDES, note_to_zones
+from .zones import SIDES, note_to_zones, zones_to_note, swap_zone_ids
 
 # %% auto #0
-__all__ = ['TRAIN', 'HELDOUT', 'structure', 'groupings', 'phrase', 'read_zones', 'paraphrases']
+__all__ = ['TRAIN', 'HELDOUT', 'structure', 'groupings', 'phrase', 'read_zones', 'paraphrases', 'side_notes']
 
 # %% ../nbs/21_notes.ipynb #1d65f16f
 def structure(note: str) -> list[int] | None:
@@ -172,3 +172,11 @@ def paraphrases(note: str, k: int, seed: int = 0, templates: dict = TRAIN) -> li
         if len(out) == k: break
     while len(out) < k and out: out.append(out[len(out) % len(seen)])
     return out
+
+# %% ../nbs/21_notes.ipynb #sdn0fn01
+def side_notes(note: str) -> list[str] | None:
+    """[left, right]: the canonical note naming only that lung of a structured `note` (its zones there, or the other
+    lung's zones mirrored when the note names none there); None outside the grammar."""
+    zs = structure(note)
+    if zs is None: return None
+    return [zones_to_note([z for z in zs if z // 3 == s] or swap_zone_ids(zs)) for s in range(2)]

@@ -232,6 +232,8 @@ class TextParams:
     eof_min_words: int = knob(9, 'the word count under which pad_eof appends', official=9, rule='>= 0')
     batch_size: int = knob(64, 'notes per encoder forward', rule='>= 1')
     standardize: bool = knob(False, "z-score each channel over the training notes' tokens", official=False)
+    side_notes: bool = knob(False, "also encode each structured note's one-lung notes (reclmis.notes.side_notes), "
+                            'which train.note_sides draws', official=False)
 
 _AUG = Literal['none', 'hflip', 'official', 'official_notesafe']
 
@@ -254,6 +256,8 @@ class TrainParams:
     patience: int = knob(100, 'early stop when epoch - best_epoch + 1 > patience', official=100, rule='>= 1')
     note_augment: float = knob(0.5, 'share of training samples whose note is a phrasing of it (text.paraphrases)',
                                official=0.0, rule='[0, 1]', why='the note must be read, not its caption string')
+    note_sides: float = knob(0.0, "share of training samples whose note is cut to one lung (text.side_notes) and "
+                             "mask to that lung's half of the image", official=0.0, rule='[0, 1]')
     augment: _AUG = knob(
         'hflip', 'none | hflip (mirrors the note) | official (blur, photometric, rot90/flip, rotate; note unchanged) | '
         'official_notesafe', official='official', why="the official flips leave the note's left and right wrong")

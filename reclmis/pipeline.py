@@ -7,8 +7,8 @@ from __future__ import annotations
 import json, time
 from dataclasses import asdict
 from pathlib import Path
-from .core import project_root, seed_everything
-from .params import Params
+from .core import project_root, seed_everything, ParamsError
+from .params import Params, TextParams
 from .config import resolve, fingerprint, run_identity, base_model
 from .registry import TEXT_MODELS, reads_note, build_model, model_loss, model_spec
 from .safeio import atomic_write, write_json
@@ -28,7 +28,8 @@ def run_bank(q: Params, model: str, pa: dict):
     own bank, encoded once into its checkpoint folder (`ckpt/text_bank.pt`)."""
     if model not in TEXT_MODELS: return None
     from reclmis.text import TextBank
-    key = lambda b: {k: v for k, v in b.meta.get('text_params', {}).items() if k != 'batch_size'}
+    old = asdict(TextParams())                  # a key a bank predates has its default: the behaviour it was made with
+    key = lambda b: {k: v for k, v in {**old, **b.meta.get('text_params', {})}.items() if k != 'batch_size'}
     want = {k: v for k, v in asdict(q.text).items() if k != 'batch_size'}
     own = pa['ckpt'] / 'text_bank.pt' if 'ckpt' in pa else None
     if own is not None and own.exists() and key(b := TextBank.load(own)) == want: return b
@@ -79,14 +80,23 @@ def _launch_train(root, p, dataset, model, seed, study, nproc, pa) -> dict:
                               f"(torchrun exit {rc}); the processes' own messages are above")
     return json.loads(pa['train_json'].read_text())
 
-def _note_augment(tr: Split, bank, q: Params, dataset: str) -> tuple[Split, int]:
-    "Attach the training phrasings when `train.note_augment` > 0; say so when the notes have none (free text)."
-    if bank is None or q.train.note_augment == 0: return tr, 0
-    from reclmis.dataset import attach_paraphrases
-    tr, n = attach_paraphrases(tr, bank)
-    if n == 0: print(f"note: train.note_augment = {q.train.note_augment} has no effect on {dataset}: its notes are not "
-                     "in the structured grammar (reclmis.notes) or text.paraphrases is 0")
-    return tr, n
+def _note_augment(tr: Split, bank, q: Params, dataset: str) -> tuple[Split, int, int]:
+    """Attach the training phrasings when `train.note_augment` > 0 and the one-lung notes when `train.note_sides` > 0;
+    say so when the notes have none (free text). Returns (split, notes with phrasings, notes with one-lung notes)."""
+    from reclmis.dataset import attach_paraphrases, attach_side_notes
+    n = m = 0
+    if bank is not None and q.train.note_augment > 0:
+        tr, n = attach_paraphrases(tr, bank)
+        if n == 0: print(f"note: train.note_augment = {q.train.note_augment} has no effect on {dataset}: its notes are "
+                         "not in the structured grammar (reclmis.notes) or text.paraphrases is 0")
+    if bank is not None and q.train.note_sides > 0:
+        if 'side_notes' not in bank.meta and not q.text.side_notes:
+            raise ParamsError(f"params key 'train.note_sides' is {q.train.note_sides} but text.side_notes is false: "
+                              "the one-lung notes it draws are not encoded; set text.side_notes: true")
+        tr, m = attach_side_notes(tr, bank, q.synth.sides if q.datasets[dataset].kind == 'synth' else 'image')
+        if m == 0: print(f"note: train.note_sides = {q.train.note_sides} has no effect on {dataset}: its notes are "
+                         "not in the structured grammar (reclmis.notes)")
+    return tr, n, m
 
 def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     "The body of `train_stage`, under the run's lock (on every rank of a distributed run; rank 0 writes)."
@@ -97,7 +107,7 @@ def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
     tr, va = load_split(pa['prepared'] / 'train.npz'), load_split(pa['prepared'] / 'val.npz')
     tr, bank = _with_text(base, tr, pa, q=q)
     va, _ = _with_text(base, va, pa, bank)
-    tr, n_para = _note_augment(tr, bank, q, dataset)
+    tr, n_para, n_side = _note_augment(tr, bank, q, dataset)
     in_ch, text_dim = tr.images.shape[1], bank.dim if bank else 0
     net = build_model(base, getattr(q.model, base), in_ch, q.datasets[dataset].img_size, text_dim)
     spec = {**model_spec(base, q, dataset, in_ch, text_dim, bank.meta if bank else None), 'variant': model,
@@ -116,6 +126,7 @@ def _train(dataset, model, q, base, seed, pa, progress, study, device) -> dict:
            'params': counts['total'], 'params_inference': counts['inference'],
            'text_encoder': q.text.encoder if base in TEXT_MODELS else None,
            'token_len': bank.token_len if bank else None, 'notes_with_paraphrases': n_para,
+           'notes_with_side_notes': n_side,
            'best_val_dice': st['best_dice'], 'best_epoch': st['best_epoch'] + 1, 'epochs_run': len(st['history']),
            'wall_s_this_run': round(time.time() - t0, 1), 'finished': bool(st['done']), 'history': st['history'],
            'fingerprint': fp, 'machines': st.get('machines', []), 'world_size': W, 'backend': backend()}

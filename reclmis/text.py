@@ -179,7 +179,7 @@ class TextBank:
         "How the notes fit `token_len`: share truncated, mean valid tokens, and the encoder meta."
         n_tok = self.meta.get('n_tokens_full', [])
         trunc = [t > self.token_len for t in n_tok]
-        skip = ('n_tokens_full', 'unknown_share', 'standardize', 'paraphrases', 'heldout', 'text_params')
+        skip = ('n_tokens_full', 'unknown_share', 'standardize', 'paraphrases', 'heldout', 'side_notes', 'text_params')
         return {**{k: v for k, v in self.meta.items() if k not in skip},
                 'standardized': 'standardize' in self.meta, 'unique_notes': len(self), 'dim': self.dim,
                 'token_len': self.token_len,
@@ -219,20 +219,24 @@ def encode_notes(notes: list[str], encoder: TextEncoder, token_len: int = 18, pa
 def encode_bank(notes: dict, t, encoder: TextEncoder, seed: int = 0, device='cpu', progress: bool = True) -> TextBank:
     """Encode the notes of one dataset (`notes`: split -> unique notes) with text params `t` (`core.TextParams`):
     the notes, their training phrasings and the test notes' held-out phrasings (`reclmis.notes`), `token_len`
-    resolved over the training notes and their phrasings. `meta` keeps `paraphrases` and `heldout` (note -> its
-    phrasings), `token_len_requested` and `text_params`."""
+    resolved over the training notes and their phrasings; with `t.side_notes`, each note's one-lung notes too. `meta`
+    keeps `paraphrases` and `heldout` (note -> its phrasings), `side_notes` (note -> [left, right]),
+    `token_len_requested` and `text_params`."""
     from dataclasses import asdict
     from reclmis.tokens import resolve_token_len
-    from reclmis.notes import paraphrases, HELDOUT
+    from reclmis.notes import paraphrases, side_notes, HELDOUT
     canon = sorted({n for ns in notes.values() for n in ns})
     para = {n: v for n in canon if (v := paraphrases(n, t.paraphrases, seed))}
+    sides = {n: v for n in canon if (v := side_notes(n))} if t.side_notes else {}
     held = {n: v for n in sorted(set(notes.get('test', []))) if (v := paraphrases(n, t.paraphrases, seed, HELDOUT))}
     train = set(notes.get('train', canon))
     train |= {x for n in list(train) for x in para.get(n, [])}
     L = resolve_token_len(t.token_len, encoder, sorted(pad_eof(n, t.eof_min_words) if t.pad_eof else n for n in train))
-    every = sorted(set(canon) | {x for v in para.values() for x in v} | {x for v in held.values() for x in v})
+    every = sorted(set(canon) | {x for v in [*para.values(), *held.values(), *sides.values()] for x in v})
     bank = encode_notes(every, encoder, L, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
-    bank.meta.update(paraphrases=para, heldout=held, token_len_requested=t.token_len, text_params=asdict(t))
+    tp = {k: v for k, v in asdict(t).items() if k != 'side_notes' or v}   # off: the same file as before the knob
+    bank.meta.update(paraphrases=para, heldout=held, token_len_requested=t.token_len, text_params=tp)
+    if sides: bank.meta['side_notes'] = sides
     return bank
 
 # %% ../nbs/20_text.ipynb #7e386586

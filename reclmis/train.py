@@ -165,7 +165,7 @@ def train_epoch(step_model, train: Split, cfg: TrainParams, opt, gen, loss_fn: C
     bar = tqdm(list(batches(len(train), cfg.batch_size * W, shuffle=True, generator=gen)),
                desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=not progress or rank > 0, leave=False)
     for step, idx in enumerate(bar):
-        b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise, cfg.note_augment)   # the same on every rank
+        b = get_batch(train, idx, cfg.augment, gen, cfg.blur_rowwise, cfg.note_augment, cfg.note_sides)   # on all ranks
         b, share = rank_slice(b, W, rank)
         if cfg.channels_last: b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
         chk = (lambda l, pt, st=step: _check_finite(l, pt, epoch, st)) if sync_every and step % sync_every == 0 else None
