@@ -30,8 +30,11 @@ class ConditionedInteraction(nn.Module):
                  dropout: float = 0.1,          # official: 0.1 on V0 and on both attention maps
                  mask_padding: bool = False,    # official False: MHA_v attends to padded token slots too
                  init_gain: float = 1.0,        # official 1 (xavier): scales the initial Q and K projections of both attentions
-                 pos_init: str = 'zeros'):      # official 'zeros'; 'sincos' = 2-D sine-cosine table (patches know where they are)
+                 pos_init: str = 'zeros',       # official 'zeros'; 'sincos' = 2-D sine-cosine table (patches know where they are)
+                 attention: str = 'cross'):     # official 'cross'; 'self': one attention over patches + words (paper's SA)
         super().__init__()
+        if attention not in ('cross', 'self'):
+            raise ValueError(f"attention must be 'cross' or 'self', got {attention!r} (model.reclmis.ci_attention)")
         self.proj = nn.Conv2d(dim, dim, 1)
         if pos_init not in ('zeros',
                             'sincos'): raise ValueError(f"pos_init must be 'zeros' or 'sincos', got {pos_init!r}")
@@ -39,12 +42,13 @@ class ConditionedInteraction(nn.Module):
                                             dim) if pos_init == 'zeros' else sincos_2d(n_patches, dim)[None])
         self.drop = nn.Dropout(dropout)
         self.mha_t = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.mha_v = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.mha_v = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True) if attention == 'cross' else None
         self.text_out = nn.Sequential(nn.Conv1d(dim, dim, 3, padding=1), nn.BatchNorm1d(dim), nn.ReLU(inplace=True))
-        self.n_patches, self.mask_padding = n_patches, mask_padding
+        self.n_patches, self.mask_padding, self.attention = n_patches, mask_padding, attention
         if init_gain != 1.0:
             with torch.no_grad():
-                for m in (self.mha_t, self.mha_v): m.in_proj_weight[:2 * dim].mul_(init_gain)
+                for m in (self.mha_t, self.mha_v):
+                    if m is not None: m.in_proj_weight[:2 * dim].mul_(init_gain)
 
     def forward(self, f, text, text_mask=None, need_weights: bool = False):
         if f.shape[2] * f.shape[3] != self.n_patches:
@@ -53,11 +57,23 @@ class ConditionedInteraction(nn.Module):
                              f"{self.n_patches}: build the model with the image size it is run at "
                              f"(datasets.<ds>.img_size)")
         v0 = self.drop(self.proj(f).flatten(2).transpose(1, 2) + self.pos)
+        if self.attention == 'self': return self._joint(v0, text, text_mask, need_weights)
         t1, a_t = self.mha_t(text, v0, v0, need_weights=need_weights)
         kpm = ~text_mask.bool() if (self.mask_padding and text_mask is not None) else None
         v1, a_v = self.mha_v(v0, t1, t1, key_padding_mask=kpm, need_weights=need_weights)
         t2 = self.text_out(t1.transpose(1, 2)).transpose(1, 2)
         return (t2, v1, {'text_to_patch': a_t, 'patch_to_text': a_v}) if need_weights else (t2, v1)
+
+    def _joint(self, v0, text, text_mask, need_weights):
+        "The self-attention variant: one attention over the concatenated patches and words, split back."
+        kpm = None
+        if self.mask_padding and text_mask is not None:
+            kpm = torch.cat([torch.zeros(v0.shape[:2], dtype=torch.bool, device=v0.device), ~text_mask.bool()], 1)
+        x = torch.cat([v0, text], 1)
+        y, a = self.mha_t(x, x, x, key_padding_mask=kpm, need_weights=need_weights)
+        v1, t1 = y[:, :self.n_patches], y[:, self.n_patches:]
+        t2 = self.text_out(t1.transpose(1, 2)).transpose(1, 2)
+        return (t2, v1, {'joint': a}) if need_weights else (t2, v1)
 
 # %% ../nbs/32_interaction.ipynb #d785a9b6
 class InterestHead(nn.Module):

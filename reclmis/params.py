@@ -138,6 +138,12 @@ class ReclmisParams(_RecLMISLoss):
                                why='text uptake: at gain 1 some seeds start reading the note late (uptake study)')
     ci_pos_init: Literal['zeros', 'sincos'] = knob('sincos', 'start of the CI position embedding: zeros | sincos (2-D)',
                                                    official='zeros', why='read the note at 8 of 8 seeds vs 7 of 8')
+    ci_attention: Literal['cross', 'self'] = knob(
+        'cross', "attention table: the CI's attention, cross (MHA_t, MHA_v) | self (one over patches and words)",
+        official='cross')
+    rec_attention: Literal['cross', 'self'] = knob(
+        'cross', "attention table: the reconstructors', cross (Dec1, Dec2) | self (one stream, reclmis.reconstruct)",
+        official='cross')
     plam_unused_sigmoid: bool = knob(True, "build PLAM's never-called conv_sig (parameter-count parity)", official=True)
     interest_dropout: float = knob(0.0, 'dropout before the POI/WOI MLPs (official MosMed+/MoNuSeg: 0.5)', official=0.0,
                                    rule='[0, 1)')

@@ -26,6 +26,7 @@ class RecLMIS(nn.Module):
     def __init__(self, in_ch: int = 3, img_size: int = 224, text_dim: int = 512, n_classes: int = 1,
                  width: int = 64, depth: int = 4, heads: int = 4, ci_dropout: float = 0.1,
                  ci_mask_padding: bool = False, ci_init_gain: float = 1.0, ci_pos_init: str = 'zeros',
+                 ci_attention: str = 'cross', rec_attention: str = 'cross',                     # attention table
                  plam_unused_sigmoid: bool = True, interest_dropout: float = 0.0,
                  ci: bool = True, ccl: bool = True, cvr: bool = True, clr: bool = True,                  # Table 2
                  ccl_condition: bool = True, cvr_condition: bool = True, clr_condition: bool = True,  # Table 3
@@ -56,12 +57,12 @@ class RecLMIS(nn.Module):
         if ci:
             self.text_proj = nn.Conv1d(text_dim, D, 3, padding=1)
             self.ci = ConditionedInteraction(D, side * side, heads, ci_dropout, ci_mask_padding, ci_init_gain,
-                                             ci_pos_init)
+                                             ci_pos_init, ci_attention)
         self.has_aux = aux and (ccl or cvr or clr)
         if self.has_aux:
             self.poi_head, self.woi_head = InterestHead(D, interest_dropout), InterestHead(D, interest_dropout)
             rec = lambda cond: ConditionedReconstructor(D, rec_layers, rec_heads, rec_ffn_mult, rec_dropout,
-                                                        causal=rec_causal, conditioned=cond)
+                                                        causal=rec_causal, conditioned=cond, attention=rec_attention)
             if cvr: self.rec_img = rec(cvr_condition)
             if clr:
                 self.rec_txt = rec(clr_condition)

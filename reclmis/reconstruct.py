@@ -90,39 +90,55 @@ class ConditionedAttention(nn.Module):
 
 # %% ../nbs/34_reconstruct.ipynb #d99a3818
 class ReconstructionLayer(nn.Module):
-    "Post-LN decoder layer with conditioned self- and cross-attention. x [B,S,D], memory [B,M,D] -> [B,S,D]"
+    """Post-LN decoder layer with conditioned self- and cross-attention (`cross=False`: self-attention only).
+    x [B,S,D], memory [B,M,D] -> [B,S,D]"""
     def __init__(self, dim: int = 512, heads: int = 4, ffn_mult: int = 2, dropout: float = 0.1,
-                 attn_dropout: float = 0.0):
+                 attn_dropout: float = 0.0, cross: bool = True):
         super().__init__()
         self.self_attn = ConditionedAttention(dim, heads, attn_dropout)
-        self.cross_attn = ConditionedAttention(dim, heads, attn_dropout)
+        self.cross_attn = ConditionedAttention(dim, heads, attn_dropout) if cross else None
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(inplace=True), nn.Linear(ffn_mult * dim, dim))
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim) if cross else None, nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, memory=None, self_cond=None, cross_cond=None, causal: bool = False):
         x = self.norm1(x + self.drop(self.self_attn(x, x, self_cond, causal)))
+        if memory is not None and self.cross_attn is None: raise ValueError("a self-attention-only layer has no memory")
         if memory is not None: x = self.norm2(x + self.drop(self.cross_attn(x, memory, cross_cond)))
         return self.norm3(x + self.drop(self.ffn(x)))
 
 class ConditionedReconstructor(nn.Module):
     """Dual transformer: memory = Dec1(source, self-attention conditioned on `cond`); out = Dec2(masked query,
-    cross-attention to memory conditioned on `cond`). source [B,M,D], cond [B,M], query [B,S,D] -> [B,S,D]"""
+    cross-attention to memory conditioned on `cond`). `attention='self'`: one stack of 2 x `layers` self-attention
+    layers over [source; masked query], the source keys weighted by `cond` (scaled to mean 1), the query keys by 1.
+    source [B,M,D], cond [B,M], query [B,S,D] -> [B,S,D]"""
     def __init__(self, dim: int = 512, layers: int = 3, heads: int = 4, ffn_mult: int = 2, dropout: float = 0.1,
-                 attn_dropout: float = 0.0, causal: bool = False, conditioned: bool = True):
+                 attn_dropout: float = 0.0, causal: bool = False, conditioned: bool = True, attention: str = 'cross'):
         super().__init__()
-        mk = lambda: nn.ModuleList(ReconstructionLayer(dim, heads, ffn_mult, dropout,
-                                                       attn_dropout) for _ in range(layers))
-        self.dec1, self.dec2 = mk(), mk()
-        self.causal, self.conditioned = causal, conditioned
+        if attention not in ('cross', 'self'):
+            raise ValueError(f"attention must be 'cross' or 'self', got {attention!r} (model.reclmis.rec_attention)")
+        mk = lambda n, cross: nn.ModuleList(ReconstructionLayer(dim, heads, ffn_mult, dropout, attn_dropout, cross)
+                                            for _ in range(n))
+        if attention == 'cross': self.dec1, self.dec2 = mk(layers, True), mk(layers, True)
+        else: self.dec = mk(2 * layers, False)
+        self.causal, self.conditioned, self.attention = causal, conditioned, attention
 
     def forward(self, source, cond, query):
         c = cond if self.conditioned else None
+        if self.attention == 'self': return self._joint(source, c, query)
         mem = source
         for layer in self.dec1: mem = layer(mem, None, self_cond=c, causal=self.causal)
         x = query
         for layer in self.dec2: x = layer(x, mem, self_cond=None, cross_cond=c, causal=self.causal)
         return x
+
+    def _joint(self, source, c, query):
+        "The self-attention variant: [source; query] through one stack; the query part comes out."
+        M = source.shape[1]
+        w = None if c is None else torch.cat([c.float() * M, c.new_ones(query.shape[:2]).float()], 1)
+        x = torch.cat([source, query], 1)
+        for layer in self.dec: x = layer(x, None, self_cond=w, causal=self.causal)
+        return x[:, M:]
 
 # %% ../nbs/34_reconstruct.ipynb #4622dcfb
 def reconstruction_loss(pred, target, masked=None, on: str = 'all') -> torch.Tensor:

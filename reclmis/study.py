@@ -154,7 +154,10 @@ ABLATION = (('reclmis-ci-only', 'reclmis-no-text', 'CI adds to the text-free U-N
             ('reclmis', 'reclmis-mask-img-90', 'image mask ratio 0.5 beats 0.9 (Fig. 5)'),
             ('reclmis', 'reclmis-mask-txt-60', 'text mask ratio 0.3 beats 0.6 (Fig. 5)'),
             ('reclmis-rec-3', 'reclmis', '3 reconstruction layers beat 1 (Fig. 6: L = 1 underfits)'),
-            ('reclmis-rec-3', 'reclmis-rec-7', '3 reconstruction layers beat 7 (Fig. 6: L >= 7 overfits)'))
+            ('reclmis-rec-3', 'reclmis-rec-7', '3 reconstruction layers beat 7 (Fig. 6: L >= 7 overfits)'),
+            ('reclmis', 'reclmis-ci-sa', 'cross-attention in the CI beats self-attention (attention table)'),
+            ('reclmis', 'reclmis-rec-sa', 'cross-attention in CVR/CLR beats self-attention (attention table)'),
+            ('reclmis', 'reclmis-sa-sa', 'cross-attention beats self-attention in both (attention table)'))
 
 def _two_level_ci(rs: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% interval of a model's mean Dice A (points) that resamples both its seeds and the independent units:
