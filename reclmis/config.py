@@ -14,8 +14,8 @@ from .core import ParamsError, project_root
 from .params import Params, DatasetParams, ModelParams, TextParams, TrainParams, EvaluateParams, MODELS
 
 # %% auto #0
-__all__ = ['RANGES', 'from_dict', 'knobs', 'check_params', 'dataset_params', 'base_model', 'resolve', 'fingerprint', 'identity',
-           'run_identity', 'missing_keys', 'load_params']
+__all__ = ['RANGES', 'from_dict', 'knobs', 'check_params', 'dataset_params', 'side_convention', 'base_model', 'resolve',
+           'fingerprint', 'identity', 'run_identity', 'missing_keys', 'load_params']
 
 # %% ../nbs/03_config.ipynb #0ad70532
 _SCALARS = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false', dict: 'a mapping'}
@@ -191,6 +191,10 @@ def dataset_params(p: Params, dataset: str) -> DatasetParams:
         raise ParamsError(f"unknown dataset '{dataset}'; defined under 'datasets' in params.yaml: "
                           f"{', '.join(p.datasets)}")
     return p.datasets[dataset]
+
+def side_convention(p: Params, dataset: str) -> str:
+    "How `dataset`'s notes name sides: `synth.sides` for the embedded data, else 'image' (QaTa-COV19's convention)."
+    return p.synth.sides if dataset_params(p, dataset).kind == 'synth' else 'image'
 
 def base_model(p: Params, model: str) -> str:
     """The model class behind `model`: itself for one of MODELS, the `base` of a variant; unknown names are a

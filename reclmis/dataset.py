@@ -67,11 +67,13 @@ def attach_paraphrases(s: Split, bank) -> tuple[Split, int]:
     para = bank.meta.get('paraphrases') or {}
     K = max((len(v) for v in para.values()), default=0)
     if K == 0 or s.text is None: return s, 0
-    rows = [(para[n] + [n] * K)[:K] if n in para else [n] * K for n in s.notes]
+    f, m = _lookup_rows(bank, [(para[n] + [n] * K)[:K] if n in para else [n] * K for n in s.notes])
+    return replace(s, para_text=f, para_mask=m), sum(n in para for n in s.notes)
+
+def _lookup_rows(bank, rows: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    "The bank's features and token masks of K notes per row: [len(rows),K,L,D], [len(rows),K,L]."
     f, m = bank.lookup([x for r in rows for x in r])
-    out = Split(s.images, s.masks, s.notes, s.note_idx, s.mirror_idx, s.names, s.extra, s.text, s.text_mask,
-                f.reshape(len(s.notes), K, *f.shape[1:]), m.reshape(len(s.notes), K, -1))
-    return out, sum(n in para for n in s.notes)
+    return f.reshape(len(rows), -1, *f.shape[1:]), m.reshape(len(rows), -1, m.shape[-1])
 
 SIDE_CONVENTIONS = ('image', 'radiological')   # how notes name sides (params synth.sides; QaTa-COV19: image)
 
@@ -85,12 +87,10 @@ def attach_side_notes(s: Split, bank, sides: str = 'image') -> tuple[Split, int]
         raise ValueError(f"side convention {sides!r} is not one of {', '.join(SIDE_CONVENTIONS)} (params synth.sides)")
     sn = bank.meta.get('side_notes') or {}
     if s.text is None or not sn: return s, 0
-    f, m = bank.lookup([x for n in s.notes for x in sn.get(n, [n, n])])
+    f, m = _lookup_rows(bank, [sn.get(n, [n, n]) for n in s.notes])
     lungs = [0, 1] if sides == 'image' else [1, 0]
     half = torch.tensor([lungs if n in sn else [-1, -1] for n in s.notes], dtype=torch.long)
-    out = replace(s, side_text=f.reshape(len(s.notes), 2, *f.shape[1:]), side_mask=m.reshape(len(s.notes), 2, -1),
-                  side_half=half)
-    return out, sum(n in sn for n in s.notes)
+    return replace(s, side_text=f, side_mask=m, side_half=half), sum(n in sn for n in s.notes)
 
 def make_split(images, masks, notes: list[str], names=None, **extra) -> Split:
     "Build a `Split` from arrays and one note per image; checks shapes and the mask value set."

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from .core import project_root, seed_everything, ParamsError
 from .params import Params, TextParams
-from .config import resolve, fingerprint, run_identity, base_model
+from .config import resolve, fingerprint, run_identity, base_model, side_convention
 from .registry import TEXT_MODELS, reads_note, build_model, model_loss, model_spec
 from .safeio import atomic_write, write_json
 from .distributed import launched, world, init_distributed, rank0_lock, shutdown, backend
@@ -93,7 +93,7 @@ def _note_augment(tr: Split, bank, q: Params, dataset: str) -> tuple[Split, int,
         if 'side_notes' not in bank.meta and not q.text.side_notes:
             raise ParamsError(f"params key 'train.note_sides' is {q.train.note_sides} but text.side_notes is false: "
                               "the one-lung notes it draws are not encoded; set text.side_notes: true")
-        tr, m = attach_side_notes(tr, bank, q.synth.sides if q.datasets[dataset].kind == 'synth' else 'image')
+        tr, m = attach_side_notes(tr, bank, side_convention(q, dataset))
         if m == 0: print(f"note: train.note_sides = {q.train.note_sides} has no effect on {dataset}: its notes are "
                          "not in the structured grammar (reclmis.notes)")
     return tr, n, m

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from .core import project_root, get_device
 from .params import Params
-from .config import resolve, base_model
+from .config import resolve, base_model, side_convention
 from .stats import unit_of
 from .safeio import RunLock, write_json
 
@@ -171,8 +171,7 @@ def _probe(dataset, model, q, base, seed, pa) -> dict:
             keep = [te.names.index(n) for n in sw.names]
             out.update(text_swap_n=len(sw), text_swap_orig_dice_a=float(dice[keep].mean()),
                        text_swap_dice_a=float(_dice(ps, sw.extra['masks_orig'], thr).mean()))
-            sides = q.synth.sides if q.datasets[dataset].kind == 'synth' else 'image'
-            out.update(_side_shares(te, sw, keep, prob, ps, thr, sides))
+            out.update(_side_shares(te, sw, keep, prob, ps, thr, side_convention(q, dataset)))
         para = paraphrase_split(te, bank, q.run.seed)
         if para is not None:
             pp, at = ev.predict_split(net, para, bs, device, S, q.run.amp), para.extra['orig_idx']

@@ -234,7 +234,7 @@ def encode_bank(notes: dict, t, encoder: TextEncoder, seed: int = 0, device='cpu
     L = resolve_token_len(t.token_len, encoder, sorted(pad_eof(n, t.eof_min_words) if t.pad_eof else n for n in train))
     every = sorted(set(canon) | {x for v in [*para.values(), *held.values(), *sides.values()] for x in v})
     bank = encode_notes(every, encoder, L, t.pad_eof, t.eof_min_words, t.batch_size, device, progress)
-    tp = {k: v for k, v in asdict(t).items() if k != 'side_notes' or v}   # off: the same file as before the knob
+    tp = {k: v for k, v in asdict(t).items() if k != 'side_notes' or v}   # off: the meta of banks made before it
     bank.meta.update(paraphrases=para, heldout=held, token_len_requested=t.token_len, text_params=tp)
     if sides: bank.meta['side_notes'] = sides
     return bank
