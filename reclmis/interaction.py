@@ -57,12 +57,16 @@ class ConditionedInteraction(nn.Module):
                              f"{self.n_patches}: build the model with the image size it is run at "
                              f"(datasets.<ds>.img_size)")
         v0 = self.drop(self.proj(f).flatten(2).transpose(1, 2) + self.pos)
-        if self.attention == 'self': return self._joint(v0, text, text_mask, need_weights)
+        t1, v1, maps = (self._joint if self.attention == 'self' else self._cross)(v0, text, text_mask, need_weights)
+        t2 = self.text_out(t1.transpose(1, 2)).transpose(1, 2)
+        return (t2, v1, maps) if need_weights else (t2, v1)
+
+    def _cross(self, v0, text, text_mask, need_weights):
+        "The official interaction: words attend to patches (MHA_t), then patches to the updated words (MHA_v)."
         t1, a_t = self.mha_t(text, v0, v0, need_weights=need_weights)
         kpm = ~text_mask.bool() if (self.mask_padding and text_mask is not None) else None
         v1, a_v = self.mha_v(v0, t1, t1, key_padding_mask=kpm, need_weights=need_weights)
-        t2 = self.text_out(t1.transpose(1, 2)).transpose(1, 2)
-        return (t2, v1, {'text_to_patch': a_t, 'patch_to_text': a_v}) if need_weights else (t2, v1)
+        return t1, v1, {'text_to_patch': a_t, 'patch_to_text': a_v}
 
     def _joint(self, v0, text, text_mask, need_weights):
         "The self-attention variant: one attention over the concatenated patches and words, split back."
@@ -71,9 +75,7 @@ class ConditionedInteraction(nn.Module):
             kpm = torch.cat([torch.zeros(v0.shape[:2], dtype=torch.bool, device=v0.device), ~text_mask.bool()], 1)
         x = torch.cat([v0, text], 1)
         y, a = self.mha_t(x, x, x, key_padding_mask=kpm, need_weights=need_weights)
-        v1, t1 = y[:, :self.n_patches], y[:, self.n_patches:]
-        t2 = self.text_out(t1.transpose(1, 2)).transpose(1, 2)
-        return (t2, v1, {'joint': a}) if need_weights else (t2, v1)
+        return y[:, self.n_patches:], y[:, :self.n_patches], {'joint': a}
 
 # %% ../nbs/32_interaction.ipynb #d785a9b6
 class InterestHead(nn.Module):
