@@ -183,6 +183,8 @@ class ReclmisParams(_RecLMISLoss):
     w_ccl: float = knob(0.2, 'weight of the CCL (paper lambda_2)', official=0.2, rule='>= 0')
     w_cvr: float = knob(1.0, 'weight of the CVR loss (paper lambda_1)', official=1.0, rule='>= 0')
     w_clr: float = knob(1.0, 'weight of the CLR loss (paper lambda_1)', official=1.0, rule='>= 0')
+    w_deep: float = knob(0.0, 'ours: weight of a mask loss on the CI output, an uptake aid (0: off)',
+                         official=0.0, rule='>= 0')
 
 @dataclass
 class LViTParams(_LViTLoss):

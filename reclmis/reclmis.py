@@ -6,6 +6,7 @@
 from __future__ import annotations
 import torch
 from torch import nn
+import torch.nn.functional as F
 from .unet import n_params
 from .plam import UNetPLAM
 from .interaction import ConditionedInteraction, InterestHead
@@ -21,7 +22,7 @@ class RecLMIS(nn.Module):
     logits [B,n_classes,H,W] in eval mode; in train mode a dict {'logits', 'losses', 'weights', 'poi', 'woi'}.
     The defaults are the official code's configuration (its quirks included); the meaning of every argument, and the
     values reclmis ships, are in `reclmis.params.ReclmisParams` (`registry.official_drift` keeps the two in step)."""
-    AUX = ('poi_head', 'woi_head', 'rec_img', 'rec_txt', 'clr_out')   # training-only sub-modules
+    AUX = ('poi_head', 'woi_head', 'rec_img', 'rec_txt', 'clr_out', 'deep_head')   # training-only sub-modules
 
     def __init__(self, in_ch: int = 3, img_size: int = 224, text_dim: int = 512, n_classes: int = 1,
                  width: int = 64, depth: int = 4, heads: int = 4, ci_dropout: float = 0.1,
@@ -37,6 +38,7 @@ class RecLMIS(nn.Module):
                  cvr_detach_target: bool = False, mask_ratio_img: float = 0.5, mask_ratio_txt: float = 0.3,
                  mask_mode: str = 'dist', mask_fill_random: bool = True, aux_nan: str = 'zero',
                  w_ccl: float = 0.2, w_cvr: float = 1.0, w_clr: float = 1.0,
+                 w_deep: float = 0.0,                                   # ours: the bottleneck mask loss (uptake aid)
                  aux: bool = True):   # False: build only the inference path
         super().__init__()
         if not ci and (ccl or cvr or clr):
@@ -48,6 +50,10 @@ class RecLMIS(nn.Module):
         if rec_loss_on not in ('all',
                                'masked'): raise ValueError(f"RecLMIS: rec_loss_on is {rec_loss_on!r}; use 'all' or "
                                                            f"'masked'")
+        if w_deep < 0: raise ValueError(f"RecLMIS: w_deep is {w_deep}; use 0 (off, official) or a positive weight")
+        if w_deep and (not ci or n_classes != 1):
+            raise ValueError("RecLMIS: w_deep > 0 (the bottleneck mask loss on the CI output) needs ci=True and "
+                             f"n_classes=1 (got ci={ci}, n_classes={n_classes})")
         if img_size % 2 ** depth: raise ValueError(f"RecLMIS: img_size {img_size} is not divisible by 2^depth = "
                                                    f"{2 ** depth}")
         self.backbone = UNetPLAM(in_ch, n_classes, width, depth, plam_unused_sigmoid=plam_unused_sigmoid)
@@ -66,7 +72,9 @@ class RecLMIS(nn.Module):
             if cvr: self.rec_img = rec(cvr_condition)
             if clr:
                 self.rec_txt = rec(clr_condition)
-                self.clr_out = nn.Identity() if text_dim == D else nn.Linear(D, text_dim)   # back to the encoder's width
+                self.clr_out = nn.Identity() if text_dim == D else nn.Linear(D, text_dim)   # to the encoder's width
+        self.needs_target = aux and w_deep > 0            # `train.default_forward` then passes the mask in training
+        if self.needs_target: self.deep_head = nn.Linear(D, 1)
         self.cfg = dict(ccl_condition=ccl_condition, ccl_double_softmax=ccl_double_softmax,
                         ccl_pad_as_zero=ccl_pad_as_zero,
                         ccl_temperature=ccl_temperature, ccl_replicas=ccl_replicas, ccl_gather=ccl_gather,
@@ -74,9 +82,9 @@ class RecLMIS(nn.Module):
                         rec_loss_on=rec_loss_on, cvr_detach_target=cvr_detach_target, mask_ratio_img=mask_ratio_img,
                         mask_ratio_txt=mask_ratio_txt, mask_mode=mask_mode, mask_fill_random=mask_fill_random,
                         aux_nan=aux_nan)
-        self.weights = {'ccl': w_ccl, 'cvr': w_cvr, 'clr': w_clr}
+        self.weights = {'ccl': w_ccl, 'cvr': w_cvr, 'clr': w_clr, 'deep': w_deep}
 
-    def forward(self, image, text=None, text_mask=None):
+    def forward(self, image, text=None, text_mask=None, target=None):
         feats = self.backbone.encode(image)
         if not self.use_ci: return self.backbone.decode(feats)
         if text is None: raise ValueError("RecLMIS needs the note's token features: model(image, text, text_mask)")
@@ -89,8 +97,24 @@ class RecLMIS(nn.Module):
         T = self.text_proj(text.transpose(1, 2)).transpose(1, 2)                  # [B,L,D]
         t2, v1 = self.ci(f, T, text_mask)
         logits = self.backbone.decode(feats, v1.transpose(1, 2).reshape(B, D, h, w))
-        if not self.has_aux or not (self.training or self.cfg['rec_at_test']): return logits
-        return {'logits': logits, **self.aux_losses(f, T, text, text_mask, t2, v1)}
+        aux, deep = self.has_aux and (self.training or self.cfg['rec_at_test']), self.needs_target and self.training
+        if not (aux or deep): return logits
+        out = {'logits': logits, 'losses': {}, 'weights': {}}
+        if aux: out.update(self.aux_losses(f, T, text, text_mask, t2, v1))
+        if deep:
+            if target is None: raise ValueError("RecLMIS: w_deep > 0 trains on the mask: call model(image, text, "
+                                                "text_mask, target=mask) in train mode (train.default_forward does)")
+            out['losses']['deep'], out['weights']['deep'] = self.deep_loss(v1, target, h, w), self.weights['deep']
+        return out
+
+    def deep_loss(self, v1, target, h: int, w: int):
+        """The bottleneck mask loss (ours, `w_deep`): a linear head on the CI output V' [B,h*w,D] predicts the mask
+        [B,1,H,W] area-averaged to the h x w bottleneck grid; soft Dice + BCE. Training only."""
+        z = self.deep_head(v1).transpose(1, 2).reshape(-1, 1, h, w).float()
+        t = F.adaptive_avg_pool2d(target.float(), (h, w))
+        p = torch.sigmoid(z)
+        dice = 1 - (2 * (p * t).sum((1, 2, 3)) + 1) / (p.sum((1, 2, 3)) + t.sum((1, 2, 3)) + 1)
+        return F.binary_cross_entropy_with_logits(z, t) + dice.mean()
 
     def aux_losses(self, f, T, E, text_mask, t2, v1) -> dict:
         "POI, WOI and the auxiliary losses (CCL, CVR, CLR) with their weights."

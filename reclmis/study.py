@@ -15,9 +15,9 @@ from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_o
 
 # %% auto #0
 __all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary',
-           'uptake_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table',
-           'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table',
-           'write_summary', 'load_summaries', 'write_summaries', 'write_comparison']
+           'uptake_table', 'aid_summary', 'aid_table', 'augment_summary', 'augment_table', 'ablate_summary',
+           'models_table', 'ablate_table', 'notes_summary', 'notes_table', 'compare_summary', 'comparison_files',
+           'seed_lenders', 'compare_table', 'write_summary', 'load_summaries', 'write_summaries', 'write_comparison']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -97,6 +97,27 @@ def uptake_table(d: dict) -> str:
                           f"of {len(g)} seeds)")
     if gaps: lines += ['',
                        'Gap to the text-free baseline trained with the same seed, in Dice points: ' + '; '.join(gaps) + '.']
+    return '\n'.join(lines)
+
+# %% ../nbs/62_study.ipynb #aid1
+def aid_summary(p: Params, root=None) -> dict | None:
+    """The `aid` study's uptake summary (`uptake_summary`) of its own runs only: nothing is lent, so every arm ran
+    on the machine this study ran on."""
+    return uptake_summary(p, root, 'aid', borrow=())
+
+def aid_table(d: dict, ref: str = 'reclmis') -> str:
+    """`uptake_table`, then for each model other than `ref`: its test Dice A minus `ref`'s, paired by seed over the
+    seeds both ran, and at how many of those seeds each read the note (an uptake epoch)."""
+    lines = [uptake_table(d)]
+    by = {m: {r['seed']: r for r in rs} for m, rs in d['variants'].items()}
+    for m, rs in by.items():
+        both = [k for k in rs if k in by.get(ref, {})] if m != ref else []
+        if not both: continue
+        g = [100 * (rs[k]['test_dice_a'] - by[ref][k]['test_dice_a']) for k in both]
+        read = lambda x: sum(x[k]['uptake_epoch'] is not None for k in both)
+        lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seeds): {np.mean(g):+.1f} Dice points (per seed "
+                     f"{min(g):+.1f} to {max(g):+.1f}); reads the note at {read(rs)} of {len(both)} seeds "
+                     f"({ref}: {read(by[ref])}).")
     return '\n'.join(lines)
 
 # %% ../nbs/62_study.ipynb #05b7d05c
@@ -344,9 +365,9 @@ def compare_table(d: dict) -> str:
 
 # %% ../nbs/62_study.ipynb #dba67d70
 SUMMARIES = {'compare': compare_summary, 'uptake': uptake_summary, 'augment': augment_summary,
-             'ablate': ablate_summary, 'notes': notes_summary}
+             'ablate': ablate_summary, 'notes': notes_summary, 'aid': aid_summary}
 TABLES = {'uptake': uptake_table, 'augment': augment_table, 'ablate': ablate_table, 'notes': notes_table,
-          'compare': compare_table}
+          'compare': compare_table, 'aid': aid_table}
 
 def write_summary(p: Params, study: str, out='results/studies', root=None) -> str:
     "Write `out`/summary-<study>.json from the study's runs (one stage per study: its deps are that study's results)."
