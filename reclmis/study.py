@@ -115,7 +115,7 @@ def aid_table(d: dict, ref: str = 'reclmis') -> str:
         if not both: continue
         g = [100 * (rs[k]['test_dice_a'] - by[ref][k]['test_dice_a']) for k in both]
         read = lambda x: sum(x[k]['uptake_epoch'] is not None for k in both)
-        lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seeds): {np.mean(g):+.1f} Dice points (per seed "
+        lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seed{'s' * (len(both) > 1)}): {np.mean(g):+.1f} Dice points (per seed "
                      f"{min(g):+.1f} to {max(g):+.1f}); reads the note at {read(rs)} of {len(both)} seeds "
                      f"({ref}: {read(by[ref])}).")
     return '\n'.join(lines)
