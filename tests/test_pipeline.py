@@ -21,7 +21,9 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
                                 'threads': 1},
                     'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [1, 2],
                                'threads': 1},
-                    'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 1}}}
+                    'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 1},
+                    'aid': {'datasets': ['synth'], 'models': ['reclmis', 'reclmis-deepsup'], 'seeds': [1],
+                            'threads': 1}}}
 ENV = {}
 
 def _merge(a, b):
@@ -85,7 +87,8 @@ def test_every_module_edit_reaches_the_stages_that_run_it(clone):
 def test_study_pipeline(clone):
     "The study pipeline: every grid of `studies:` as train/evaluate matrices, summarised by its summary stage."
     run('dvc repro studies/dvc.yaml:summary-compare studies/dvc.yaml:summary-uptake studies/dvc.yaml:summary-augment '
-        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:cam '
+        'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:summary-aid '
+        'studies/dvc.yaml:cam '
         'studies/dvc.yaml:comparison', clone,
         env=ENV)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
     base = clone / 'results/studies'
@@ -107,6 +110,8 @@ def test_study_pipeline(clone):
     assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2]         # lent by seeds
     assert [r['seed'] for r in s['uptake']['variants']['reclmis-official-ci']] == [1, 2]
     assert len(s['uptake']['baseline']['runs']) == 2
+    assert [r['seed'] for r in s['aid']['variants']['reclmis-deepsup']] == [1]     # the aid trains end to end
+    assert (base / 'aid/synth/reclmis/s1/metrics.json').exists() and not s['aid']['baseline']['runs']   # lends none
     assert s['compare']['synth']['models']['reclmis']['seeds'] == [1, 2, 3407]       # compare's and seeds' runs
     assert s['compare']['synth']['models']['lvit']['seeds'] == [2, 3407]              # compare's and rivals' runs
     cf = json.loads((clone / 'results/synth/comparison.json').read_text())          # the per-dataset test file
