@@ -22,8 +22,7 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
                     'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [1, 2],
                                'threads': 1},
                     'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 1},
-                    'aid': {'datasets': ['synth'], 'models': ['reclmis', 'reclmis-deepsup'], 'seeds': [1],
-                            'threads': 1}}}
+                    'aid': {'datasets': ['synth'], 'models': ['reclmis-deepsup'], 'seeds': [1], 'threads': 1}}}
 ENV = {}
 
 def _merge(a, b):
@@ -90,7 +89,7 @@ def test_study_pipeline(clone):
         'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:summary-aid '
         'studies/dvc.yaml:cam '
         'studies/dvc.yaml:comparison', clone,
-        env=ENV)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
+        env=ENV, timeout=1800)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('seeds', 'synth', 'unet', 2),
                                 ('uptake', 'synth', 'reclmis-official-ci', 2),
@@ -111,7 +110,7 @@ def test_study_pipeline(clone):
     assert [r['seed'] for r in s['uptake']['variants']['reclmis-official-ci']] == [1, 2]
     assert len(s['uptake']['baseline']['runs']) == 2
     assert [r['seed'] for r in s['aid']['variants']['reclmis-deepsup']] == [1]     # the aid trains end to end
-    assert (base / 'aid/synth/reclmis/s1/metrics.json').exists() and not s['aid']['baseline']['runs']   # lends none
+    assert set(s['aid']['variants']) == {'reclmis-deepsup'} and not s['aid']['baseline']['runs']   # seeds lends none
     assert s['compare']['synth']['models']['reclmis']['seeds'] == [1, 2, 3407]       # compare's and seeds' runs
     assert s['compare']['synth']['models']['lvit']['seeds'] == [2, 3407]              # compare's and rivals' runs
     cf = json.loads((clone / 'results/synth/comparison.json').read_text())          # the per-dataset test file
