@@ -59,7 +59,7 @@ def readme_results(root=None) -> str:
     for st, what in (('uptake', 'Text uptake over seeds'), ('augment', 'Augmentation recipes'),
                      ('ablate', 'Component ablation over seeds (paper Table 2)'),
                      ('notes', "The note's wording: phrasings, token budget, sides (mean ± SD over seeds, points)"),
-                     ('aid', 'Robust text uptake: the default RecLMIS and an uptake aid, same seeds, same machine')):
+                     ('aid', 'Robust text uptake: the default RecLMIS and uptake aids, same seeds, same machine')):
         cmd = f'`dvc repro studies/dvc.yaml:summary-{st}`'
         if not summ.get(st):
             out += [f'**{what}** (study `{st}`): not run yet: {cmd}.', '']

@@ -110,14 +110,15 @@ def aid_table(d: dict, ref: str = 'reclmis') -> str:
     seeds both ran, and at how many of those seeds each read the note (an uptake epoch)."""
     lines = [uptake_table(d)]
     by = {m: {r['seed']: r for r in rs} for m, rs in d['variants'].items()}
+    base = by.get(ref, {})
     for m, rs in by.items():
-        both = [k for k in rs if k in by.get(ref, {})] if m != ref else []
-        if not both: continue
-        g = [100 * (rs[k]['test_dice_a'] - by[ref][k]['test_dice_a']) for k in both]
+        both = [k for k in rs if k in base]
+        if m == ref or not both: continue
+        g = [100 * (rs[k]['test_dice_a'] - base[k]['test_dice_a']) for k in both]
         read = lambda x: sum(x[k]['uptake_epoch'] is not None for k in both)
-        lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seed{'s' * (len(both) > 1)}): {np.mean(g):+.1f} Dice points (per seed "
-                     f"{min(g):+.1f} to {max(g):+.1f}); reads the note at {read(rs)} of {len(both)} seeds "
-                     f"({ref}: {read(by[ref])}).")
+        lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seed{'s' * (len(both) > 1)}): {np.mean(g):+.1f} "
+                     f"Dice points (per seed {min(g):+.1f} to {max(g):+.1f}); reads the note at {read(rs)} of "
+                     f"{len(both)} seeds ({ref}: {read(base)}).")
     return '\n'.join(lines)
 
 # %% ../nbs/62_study.ipynb #05b7d05c
