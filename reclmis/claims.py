@@ -12,7 +12,7 @@ from .safeio import write_json
 
 # %% auto #0
 __all__ = ['CLAIMS', 'COMMANDS', 'mde', 'verdict', 'pair_rows', 'ablate_rows', 'bench_rows', 'cam_rows', 'claim_rows',
-           'claims_table', 'write_claims', 'claim_note']
+           'claims_table', 'claim_costs', 'costs_line', 'write_claims', 'claim_note']
 
 # %% ../nbs/72_claims.ipynb #4f31a335
 def mde(ci_low: float, ci_high: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -92,6 +92,11 @@ def _row(c: dict, dataset: str, ours, lo, hi, p, seeds, v=None, unit='Dice point
             'ci_low': lo, 'ci_high': hi, 'p_holm': p, 'mde': mde(lo, hi) if lo is not None and hi is not None else None,
             'seeds': seeds, 'verdict': v or verdict(ours, p), 'command': COMMANDS[c['kind']], **extra}
 
+def _train_s(d: dict, c: dict) -> dict:
+    "{arm: training wall seconds summed over its runs in a study summary's `models`} for the claim's two arms."
+    m = d.get('models') or {}
+    return {k: m[k]['train_s'] for k in (c['a'], c['b']) if m.get(k, {}).get('train_s') is not None}
+
 def pair_rows(c: dict, compare: dict) -> list[dict]:
     "Rows of a `pair` claim from the compare summary ({dataset: {'pairs': [...]}}): `a` - `b` in Dice points."
     out = []
@@ -101,13 +106,13 @@ def pair_rows(c: dict, compare: dict) -> list[dict]:
             s = 1 if x['a'] == c['a'] else -1                 # the summary orders a pair alphabetically
             lo, hi = sorted((s * x['ci_low'], s * x['ci_high']))
             out.append(_row(c, ds, s * x['diff'], lo, hi, x['p_holm'], x['seeds'], n_units=x['n_units'],
-                            unit_kind=d['ci_unit']))
+                            unit_kind=d['ci_unit'], train_s=_train_s(d, c)))
     return out
 
 def ablate_rows(c: dict, ablate: dict) -> list[dict]:
     "Rows of an `ablate` claim from the ablate summary: the contrast `a` - `b`, seed-averaged."
     return [_row(c, ds, x['diff'], x['ci_low'], x['ci_high'], x['p_holm'], x['seeds'], n_units=x['n_units'],
-                 unit_kind=d['ci_unit'])
+                 unit_kind=d['ci_unit'], train_s=_train_s(d, c))
             for ds, d in sorted(ablate.items()) for x in d['contrasts'] if (x['a'], x['b']) == (c['a'], c['b'])]
 
 def bench_rows(c: dict, bench: dict, a: str = 'reclmis', b: str = 'lvit') -> list[dict]:
@@ -154,16 +159,41 @@ def claim_rows(summaries: dict, bench: dict | None, claims=CLAIMS, cam: dict | N
 def claims_table(rows: list[dict]) -> str:
     "The ledger as a markdown table."
     f = lambda v, d=2: '-' if v is None else f'{v:+.{d}f}'
-    lines = ['| id | claim | dataset | paper | paper effect | ours | 95% CI | MDE | seeds | verdict |',
-             '|' + '---|' * 10]
+    lines = ['| id | claim | dataset | paper | paper effect | ours | 95% CI | MDE | seeds | verdict | training |',
+             '|' + '---|' * 11]
     for r in rows:
         ci = f"{f(r['ci_low'])} to {f(r['ci_high'])}" if r['ci_low'] is not None else '-'
         ours = '-' if r['ours'] is None else f"{f(r['ours'])} {r['unit']}"
         m = '-' if r['mde'] is None else f"{r['mde']:.2f}"
         lines.append(f"| {r['id']} | {r['claim']} | {r['dataset']} | {r['paper']} | {f(r['paper_effect'])} | {ours} | "
                      f"{ci} | {m} | "
-                     f"{', '.join(map(str, r['seeds'])) or '-'} | **{r['verdict']}** |")
+                     f"{', '.join(map(str, r['seeds'])) or '-'} | **{r['verdict']}** | {_hours(r.get('train_s'))} |")
     return '\n'.join(lines)
+
+def _hours(t: dict | None) -> str:
+    "Training wall time of a row's arms ({arm: seconds}) in hours, or '-' when the row has no training runs."
+    return f"{sum(t.values()) / 3600:.2f} h" if t else '-'
+
+def claim_costs(rows: list[dict]) -> dict:
+    """{claim id: training wall seconds of the runs behind its rows}, each (dataset, arm) counted once per claim
+    (rows of one claim share arms); claims without training runs (benchmark, Grad-CAM of lent runs) are left out."""
+    seen = {}
+    for r in rows:
+        for arm, t in (r.get('train_s') or {}).items(): seen.setdefault(r['id'], {})[(r['dataset'], arm)] = t
+    return {k: round(sum(v.values()), 1) for k, v in seen.items()}
+
+def costs_line(rows: list[dict]) -> str:
+    "One sentence with each claim's training wall time (`claim_costs`), for the README and the Claims page."
+    c = claim_costs(rows)
+    if not c: return 'No claim has training runs behind it yet.'
+    return ('Training wall time behind each claim (2 CPU threads per run, each run on the machine its `train.json` '
+            'names; a run shared by several claims counts in each): ' +
+            ', '.join(f"{k} {v / 3600:.2f} h" for k, v in c.items()) + f"; all runs once: {_unique_h(rows)}.")
+
+def _unique_h(rows: list[dict]) -> str:
+    "Training hours of every (dataset, arm) behind the ledger, each once."
+    u = {(r['dataset'], a): t for r in rows for a, t in (r.get('train_s') or {}).items()}
+    return f"{sum(u.values()) / 3600:.2f} h"
 
 def write_claims(root=None, out='results/claims.json') -> list[dict]:
     """Build the ledger from results/studies/summary-*.json, results/bench-cpu.json and results/studies/cam.json

@@ -104,7 +104,8 @@ def _main(argv=None):
         return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
-        if a.seed is None and a.ckpt is None: a.seed = load_params(a.params).run.seeds[0]
+        from reclmis.layout import run_seed
+        if a.seed is None and a.ckpt is None: a.seed = run_seed(load_params(a.params))
         r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=a.seed)
         print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}")
         return 0

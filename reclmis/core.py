@@ -42,19 +42,26 @@ def project_root(start: str | Path | None = None) -> Path:
 
 # %% ../nbs/00_core.ipynb #4140bd36
 def machine() -> dict:
-    """What a result was measured on: CPU model and count, torch threads and version, Python, platform, and the GPU if
-    any."""
+    """What a result was measured on: CPU model and count, its family/model/stepping (`cpu_id`) and the instruction set
+    torch's kernels use on it (`cpu_isa`, e.g. AVX2 or AVX512), torch threads and version, Python, platform, and the
+    GPU if any."""
     import torch
-    cpu = platform.processor() or ''
+    cpu, ident = platform.processor() or '', {}
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
+            k, _, v = (x.strip() for x in line.partition(':'))
+            if k in ('vendor_id', 'cpu family', 'model', 'stepping', 'model name') and k not in ident: ident[k] = v
+            if not line.strip() and ident: break                    # the first processor's block is enough
     except OSError: pass
+    cpu = ident.get('model name', cpu)
     out = {'cpu': cpu, 'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
            'torch': torch.__version__,
            'python': platform.python_version(), 'platform': platform.platform()}
+    if ident.get('cpu family'):         # two CPUs both named "AMD EPYC" can round differently: these tell them apart
+        out['cpu_id'] = (f"{ident.get('vendor_id', '?')} family {ident['cpu family']} model {ident.get('model', '?')} "
+                         f"stepping {ident.get('stepping', '?')}")
+    isa = getattr(getattr(torch.backends, 'cpu', None), 'get_cpu_capability', None)
+    if isa: out['cpu_isa'] = isa()
     if torch.cuda.is_available():
         out.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
                    gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1))

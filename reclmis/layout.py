@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SPLITS', 'run_name', 'paths']
+__all__ = ['SPLITS', 'run_name', 'run_seed', 'paths']
 
 # %% ../nbs/05_layout.ipynb #l4
 SPLITS = ('train', 'val', 'test')
@@ -16,6 +16,17 @@ SPLITS = ('train', 'val', 'test')
 def run_name(dataset: str, model: str, seed: int, study: str | None = None) -> str:
     "How messages (and the run lock's holder line) name one run."
     return f"run {dataset}/{model}/s{seed}{' of study ' + study if study else ''}"
+
+# %% ../nbs/05_layout.ipynb #lseed
+def run_seed(p, seed: int | None = None, study: str | None = None) -> int:
+    """The seed of one run: `seed` when given, else the first of `studies.<study>.seeds` (a study's run) or of
+    `run.seeds` (the default pipeline's). Every stage asks this, so a stage called without a seed trains, evaluates
+    and records the same run."""
+    if seed is not None: return int(seed)
+    seeds = p.studies[study].seeds if study else p.run.seeds
+    if not seeds: raise ValueError(f"no seed given and {'studies.' + study if study else 'run'}.seeds is empty in "
+                                   f"params.yaml: list at least one seed there")
+    return int(seeds[0])
 
 # %% ../nbs/05_layout.ipynb #l7
 def paths(root, dataset: str, model: str | None = None, seed: int | None = None, study: str | None = None) -> dict:

@@ -15,7 +15,7 @@ from .safeio import atomic_write, write_json
 from .distributed import launched, world, init_distributed, rank0_lock, shutdown, backend
 from .graph import code_hash
 from .dataset import load_split, Split
-from .layout import paths, run_name
+from .layout import paths, run_name, run_seed
 from .encode import _bank, _read_notes
 
 # %% auto #0
@@ -52,8 +52,7 @@ def _with_text(model: str, split: Split, pa: dict, bank=None, q: Params | None =
 def _run(p: Params, dataset: str, model: str, seed: int | None, study: str | None):
     "The effective params, the base model name and the seed of one run (the first of `run.seeds` when `seed` is None)."
     q = resolve(p, dataset, model, study)
-    seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else seed
-    return q, base_model(p, model), int(seed)
+    return q, base_model(p, model), run_seed(q, seed, study)
 
 def train_stage(dataset: str, model: str, p: Params, root=None, progress: bool = True, seed: int | None = None,
                 study: str | None = None) -> dict:

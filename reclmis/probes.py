@@ -120,11 +120,11 @@ def probe_stage(dataset: str, model: str, p: Params, root=None, seed: int | None
                 study: str | None = None) -> dict:
     """Probe the run's best checkpoint on the test split: cluster CI of Dice A, HD95/ASSD, and (text models) the null,
     shuffled and left/right-swapped notes. Writes `probes.json` beside the run's evaluate.json."""
-    from reclmis.layout import paths, run_name
+    from reclmis.layout import paths, run_name, run_seed
     root = Path(root or project_root())
     q = resolve(p, dataset, model, study)
     base = base_model(p, model)
-    seed = (q.studies[study].seeds[0] if study else q.run.seeds[0]) if seed is None else int(seed)
+    seed = run_seed(q, seed, study)
     pa = paths(root, dataset, model, seed, study)
     with RunLock(pa['lock'], run_name(dataset, model, seed, study)):
         return _probe(dataset, model, q, base, seed, pa)

@@ -32,7 +32,7 @@ def readme_results(root=None) -> str:
     from reclmis.study import load_summaries, models_table, TABLES, seed_lenders
     from reclmis.stats import pairs_table, study_runs
     from reclmis.bench import bench_table, speedup_table
-    from reclmis.claims import claims_table
+    from reclmis.claims import claims_table, costs_line
     root = Path(root or project_root())
     R, S = root / 'results', root / 'results' / 'studies'
     summ = load_summaries(S) if S.exists() else {}
@@ -73,7 +73,7 @@ def readme_results(root=None) -> str:
         out += [f"**The paper's claims** (`dvc repro studies/dvc.yaml:claims`; {len(rows)} rows, "
                 f"{sum(r['verdict'] != 'not measured' for r in rows)} measured; the docs' Claims page explains each)",
                 '',
-                claims_table(rows), '']
+                claims_table(rows), '', costs_line(rows), '']
     else: out += ["**The paper's claims**: not computed yet: `dvc repro studies/dvc.yaml:claims`.", '']
     bf = R / 'bench-cpu.json'
     if bf.exists():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from .core import DataError, project_root
-from .layout import paths, run_name
+from .layout import paths, run_name, run_seed
 from .params import Params
 from .safeio import write_json
 
@@ -31,7 +31,7 @@ def record_stage(dataset: str, model: str, p: Params, root=None, seed: int | Non
     """Write the run's `metrics.json` from its `evaluate.json` and `probes.json` (`merge_record`); a missing one is a
     `DataError` naming the stage that writes it."""
     root = Path(root or project_root())
-    seed = (p.studies[study].seeds[0] if study else p.run.seeds[0]) if seed is None else int(seed)
+    seed = run_seed(p, seed, study)
     pa = paths(root, dataset, model, seed, study)
     name = run_name(dataset, model, seed, study)
     for k, stage in (('evaluation', 'evaluate'), ('probes', 'probe')):

@@ -72,13 +72,11 @@ def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 
 
 def uptake_table(d: dict) -> str:
     "The uptake study as a markdown table: per model, the test Dice A of each seed, the mean and SD, the uptake epochs."
-    lines = [f"{d['dataset']}, {d['epochs']} epochs, seeds {', '.join(map(str, d['seeds']))}, {d['threads_per_run']} "
-             f"CPU "
-             f"thread(s) per run. Text-blind ceiling (segment every opacity): validation Dice "
-             f"{100 * d['blind_val_dice']:.1f}, "
-             f"test {100 * d['blind_test_dice']:.1f}.", '',
-             '| model | test Dice A per seed | mean (SD) | counterfactual Dice A, mean | uptake epoch per seed |',
-             '|---|---|---|---|---|']
+    lines = [f"{d['dataset']}, {d['epochs']} epochs, seeds planned {', '.join(map(str, d['seeds']))} (each row "
+             f"names the seeds it ran), {d['threads_per_run']} CPU thread(s) per run. Text-blind ceiling (segment "
+             f"every opacity): validation Dice {100 * d['blind_val_dice']:.1f}, test {100 * d['blind_test_dice']:.1f}.",
+             '', '| model | seeds run | test Dice A per seed | mean (SD) | counterfactual Dice A, mean | '
+             'uptake epoch per seed |', '|---|---|---|---|---|---|']
     bd = {r['seed']: r['test_dice_a'] for r in d['baseline']['runs']}
     rows = list(d['variants'].items()) + ([(d['baseline']['model'] + ' (text-free)',
                                             d['baseline']['runs'])] if bd else [])
@@ -86,9 +84,9 @@ def uptake_table(d: dict) -> str:
         x = 100 * np.array([r['test_dice_a'] for r in rs])
         cf = [r['cf_dice_a'] for r in rs if r['cf_dice_a'] is not None]
         up = ' / '.join(str(r['uptake_epoch'] or 'never') for r in rs) if name in d['variants'] else '-'
-        lines.append(f"| {name} | {' / '.join(f'{v:.1f}' for v in x)} | {x.mean():.1f} "
-                     f"({x.std(ddof=1) if len(x) > 1 else 0:.1f}) | "
-                     f"{100 * np.mean(cf) if cf else float('nan'):.1f} | {up} |")
+        sd = f"{x.std(ddof=1):.1f}" if len(x) > 1 else '-'           # one run has no spread to report
+        lines.append(f"| {name} | {' / '.join(str(r['seed']) for r in rs)} | {' / '.join(f'{v:.1f}' for v in x)} | "
+                     f"{x.mean():.1f} ({sd}) | {100 * np.mean(cf) if cf else float('nan'):.1f} | {up} |")
     gaps = []
     for name, rs in d['variants'].items():
         g = [100 * (r['test_dice_a'] - bd[r['seed']]) for r in rs if r['seed'] in bd]
@@ -249,17 +247,29 @@ def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATI
         out[ds] = {'lent': sorted({f"{r['model']} ({r['study']})" for r in lent if r['dataset'] == ds}), **_units(by),
                    'metric': 'dice_a (points), seed-averaged per image', 'models': _models(by, n_boot, seed),
                    'contrasts': _contrasts(by, contrasts, n_boot, seed)}
+        blind = _blind_val(root, ds)
+        if blind is not None:                 # when each run first read the note, as in the uptake study
+            out[ds]['blind_val_dice'] = blind
+            for m, rs in by.items(): out[ds]['models'][m]['uptake_epoch'] = [_uptake_row(r, blind)['uptake_epoch']
+                                                                              for r in rs]
     return out
+
+def _blind_val(root, ds: str) -> float | None:
+    "The text-blind validation ceiling of `ds` (its study data.json), or None where the data has none."
+    f = Path(root) / 'results/studies' / ds / 'data.json'
+    return json.loads(f.read_text())['splits']['val'].get('blind_dice') if f.exists() else None
 
 def models_table(models: dict) -> str:
     "Markdown: per model, Dice A per seed, mean (SD over seeds) and the interval that resamples seeds and units."
     ci = lambda r: '-' if r.get('ci_low') is None else f"{r['ci_low']:.1f}-{r['ci_high']:.1f}"
     sd = lambda r: f"{r['dice_a_sd']:.2f}" if len(r['seeds']) > 1 else '-'
     seeds = lambda r: f"{' / '.join(f'{v:.1f}' for v in r['dice_a'])} (seeds {', '.join(map(str, r['seeds']))})"
-    return '\n'.join(['| model | Dice A per seed | mean (SD over seeds) | 95% CI (seeds and units) |',
-                      '|---|---|---|---|'] +
+    up = any('uptake_epoch' in r for r in models.values())      # the ablation study's runs say when they read the note
+    ep = lambda r: ' / '.join(str(e or 'never') for e in r['uptake_epoch']) if 'uptake_epoch' in r else '-'
+    return '\n'.join(['| model | Dice A per seed | mean (SD over seeds) | 95% CI (seeds and units) |' +
+                      (' uptake epoch per seed |' if up else ''), '|---|---|---|---|' + '---|' * up] +
                      [f"| {m} | {seeds(r)} "
-                      f"| {r['dice_a_mean']:.2f} ({sd(r)}) | {ci(r)} |"
+                      f"| {r['dice_a_mean']:.2f} ({sd(r)}) | {ci(r)} |" + (f' {ep(r)} |' if up else '')
                       for m, r in models.items()])
 
 def ablate_table(d: dict) -> str:
