@@ -111,8 +111,11 @@ def _main(argv=None):
         return 0
     if a.cmd == 'docs':
         from reclmis.site import build_site
-        print(build_site(out=a.out, proc=False,
-                         extra={'Results': 'build/report/results.ipynb', 'Deviations': 'nbs/deviations.ipynb'}))
+        claims = project_root() / 'results/claims.ipynb'     # the claims stage's page (its out in studies/dvc.lock,
+        extra = {'Results': 'build/report/results.ipynb',   # a dep of the docs stage): shown once the ledger exists
+                 **({'Claims': 'results/claims.ipynb'} if claims.exists() else {}),
+                 'Deviations': 'nbs/deviations.ipynb'}
+        print(build_site(out=a.out, proc=False, extra=extra))
         return 0
     p = load_params(a.params)   # unknown dataset names are refused by the stage functions (params.resolve)
     data = '' if a.studies or a.study else None
