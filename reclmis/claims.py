@@ -178,9 +178,12 @@ def claim_costs(rows: list[dict]) -> dict:
     """{claim id: training wall seconds of the runs behind its rows}, each (dataset, arm) counted once per claim
     (rows of one claim share arms); claims without training runs (benchmark, Grad-CAM of lent runs) are left out."""
     seen = {}
-    for r in rows:
-        for arm, t in (r.get('train_s') or {}).items(): seen.setdefault(r['id'], {})[(r['dataset'], arm)] = t
+    for (cid, ds, arm), t in _arm_seconds(rows).items(): seen.setdefault(cid, {})[(ds, arm)] = t
     return {k: round(sum(v.values()), 1) for k, v in seen.items()}
+
+def _arm_seconds(rows: list[dict]) -> dict:
+    "{(claim id, dataset, arm): training seconds} over the ledger's rows (rows of one claim repeat an arm: kept once)."
+    return {(r['id'], r['dataset'], a): t for r in rows for a, t in (r.get('train_s') or {}).items()}
 
 def costs_line(rows: list[dict]) -> str:
     "One sentence with each claim's training wall time (`claim_costs`), for the README and the Claims page."
@@ -192,7 +195,7 @@ def costs_line(rows: list[dict]) -> str:
 
 def _unique_h(rows: list[dict]) -> str:
     "Training hours of every (dataset, arm) behind the ledger, each once."
-    u = {(r['dataset'], a): t for r in rows for a, t in (r.get('train_s') or {}).items()}
+    u = {(ds, a): t for (_, ds, a), t in _arm_seconds(rows).items()}
     return f"{sum(u.values()) / 3600:.2f} h"
 
 def write_claims(root=None, out='results/claims.json') -> list[dict]:
