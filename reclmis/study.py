@@ -14,10 +14,11 @@ from itertools import combinations
 from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs', 'uptake_summary',
-           'uptake_table', 'aid_summary', 'aid_table', 'augment_summary', 'augment_table', 'ablate_summary',
-           'models_table', 'ablate_table', 'notes_summary', 'notes_table', 'compare_summary', 'comparison_files',
-           'seed_lenders', 'compare_table', 'write_summary', 'load_summaries', 'write_summaries', 'write_comparison']
+__all__ = ['LENDERS', 'AID_LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs',
+           'uptake_summary', 'uptake_table', 'aid_summary', 'aid_table', 'augment_summary', 'augment_table',
+           'ablate_summary', 'models_table', 'ablate_table', 'notes_summary', 'notes_table', 'compare_summary',
+           'comparison_files', 'seed_lenders', 'compare_table', 'write_summary', 'load_summaries', 'write_summaries',
+           'write_comparison']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -48,13 +49,14 @@ def _uptake_row(r: dict, blind_val: float) -> dict:
             'val_curve': [round(e['val_dice'], 4) for e in h], 'train_s': round(sum(e.get('epoch_s', 0) for e in h), 1)}
 
 def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 'unet',
-                   borrow=('reclmis', 'unet')) -> dict | None:
+                   borrow=('reclmis', 'unet'), lenders=LENDERS) -> dict | None:
     """Per model of `study` (the text-free `baseline` apart): one row per seed, with the blind ceiling of the dataset;
-    the `borrow` models' runs are lent (`lent_runs`)."""
+    the `borrow` models' runs are lent by the `lenders` studies (`lent_runs`) and named under `lent`."""
     root = Path(root or project_root())
     runs = study_runs(root, study)
     if not runs: return None
-    runs += lent_runs(p, root, study, borrow, own=runs)
+    lent = lent_runs(p, root, study, borrow, lenders, own=runs)
+    runs += lent
     ds = runs[0]['dataset']
     data = json.loads((root / 'results/studies' / ds / 'data.json').read_text())
     blind_val, blind_test = data['splits']['val'].get('blind_dice'), data['splits']['test'].get('blind_dice')
@@ -68,6 +70,7 @@ def uptake_summary(p: Params, root=None, study: str = 'uptake', baseline: str = 
             'seeds': p.studies[study].seeds, 'threads_per_run': p.studies[study].threads,
             'epochs': runs[0]['train'].get('epochs_run'), 'variants': variants,
             'baseline': {'model': baseline, 'runs': base}, 'machines': [json.loads(m) for m in sorted(machines)],
+            'lent': [f"{r['model']} s{r['seed']} ({r['study']})" for r in lent],
             'train_s_total': round(sum(x['train_s'] for rows in variants.values() for x in rows) + sum(x['train_s'] for x in base), 1)}
 
 def uptake_table(d: dict) -> str:
@@ -95,13 +98,18 @@ def uptake_table(d: dict) -> str:
                           f"of {len(g)} seeds)")
     if gaps: lines += ['',
                        'Gap to the text-free baseline trained with the same seed, in Dice points: ' + '; '.join(gaps) + '.']
+    if d.get('lent'): lines += ['', 'Lent runs (trained once, by the study named, with the same configuration and '
+                                    'threads): ' + ', '.join(d['lent']) + '.']
     return '\n'.join(lines)
 
 # %% ../nbs/62_study.ipynb #aid1
+AID_LENDERS = {'reclmis-ci-sa': 'ablate'}   # aid arm -> the study that also trains it (on the same machine)
+
 def aid_summary(p: Params, root=None) -> dict | None:
-    """The `aid` study's uptake summary (`uptake_summary`) of its own runs only: nothing is lent, so every arm ran
-    on the machine this study ran on."""
-    return uptake_summary(p, root, 'aid', borrow=())
+    """The `aid` study's uptake summary (`uptake_summary`): its own runs, and the `AID_LENDERS` arms' runs that their
+    study trained at the aid's seeds (`lent_runs`), named under `lent`. No U-Net or default RecLMIS run is borrowed:
+    the `seeds` study's ran on another machine."""
+    return uptake_summary(p, root, 'aid', borrow=tuple(AID_LENDERS), lenders=tuple(sorted(set(AID_LENDERS.values()))))
 
 def aid_table(d: dict, ref: str = 'reclmis') -> str:
     """`uptake_table`, then for each model other than `ref`: its test Dice A minus `ref`'s, paired by seed over the
