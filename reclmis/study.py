@@ -15,10 +15,10 @@ from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_o
 
 # %% auto #0
 __all__ = ['LENDERS', 'AID_LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs',
-           'uptake_summary', 'uptake_table', 'aid_summary', 'aid_table', 'augment_summary', 'augment_table',
-           'ablate_summary', 'models_table', 'ablate_table', 'notes_summary', 'notes_table', 'compare_summary',
-           'comparison_files', 'seed_lenders', 'compare_table', 'write_summary', 'load_summaries', 'write_summaries',
-           'write_comparison']
+           'uptake_summary', 'uptake_table', 'init_signal_rows', 'aid_summary', 'aid_table', 'augment_summary',
+           'augment_table', 'ablate_summary', 'models_table', 'ablate_table', 'notes_summary', 'notes_table',
+           'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table', 'write_summary', 'load_summaries',
+           'write_summaries', 'write_comparison']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -105,11 +105,37 @@ def uptake_table(d: dict) -> str:
 # %% ../nbs/62_study.ipynb #aid1
 AID_LENDERS = {'reclmis-ci-sa': 'ablate'}   # aid arm -> the study that also trains it (on the same machine)
 
+def init_signal_rows(sig: dict, d: dict) -> dict:
+    """Set the `init-signal` stage's results `sig` beside the uptake summary `d`: each run row of `d` gets its seed's
+    `init_grad_text` (in place); per model, the median gradient over the seeds and Spearman's rank correlation (with
+    its p) between the gradient and the uptake epoch (a run that never read the note ranks as epoch `epochs` + 1); the
+    models `sig` measured that `d` did not train, under `others` (their median)."""
+    from scipy.stats import spearmanr
+    never, out = (d.get('epochs') or 0) + 1, {'models': {}, 'others': {}}
+    for m, rows in d['variants'].items():
+        by = {r['seed']: r['grad_text'] for r in sig['variants'].get(m, [])}
+        got = [r for r in rows if r['seed'] in by]
+        for r in got: r['init_grad_text'] = by[r['seed']]
+        if not got: continue
+        g, u = [r['init_grad_text'] for r in got], [r['uptake_epoch'] or never for r in got]
+        ok = len(got) >= 3 and len(set(g)) > 1 and len(set(u)) > 1          # else the rank correlation is undefined
+        rho, pv = spearmanr(g, u) if ok else (None, None)
+        out['models'][m] = {'seeds': [r['seed'] for r in got], 'median_grad_text': float(np.median(g)),
+                            'rho_uptake': None if rho is None else float(rho), 'p': None if pv is None else float(pv)}
+    for m, rows in sig['variants'].items():
+        if m not in d['variants']: out['others'][m] = float(np.median([r['grad_text'] for r in rows]))
+    return out
+
 def aid_summary(p: Params, root=None) -> dict | None:
     """The `aid` study's uptake summary (`uptake_summary`): its own runs, and the `AID_LENDERS` arms' runs that their
     study trained at the aid's seeds (`lent_runs`), named under `lent`. No U-Net or default RecLMIS run is borrowed:
-    the `seeds` study's ran on another machine."""
-    return uptake_summary(p, root, 'aid', borrow=tuple(AID_LENDERS), lenders=tuple(sorted(set(AID_LENDERS.values()))))
+    the `seeds` study's ran on another machine. With the `init-signal` stage's results (`init_signal_rows`) under
+    `init_signal` when they exist."""
+    root = Path(root or project_root())
+    d = uptake_summary(p, root, 'aid', borrow=tuple(AID_LENDERS), lenders=tuple(sorted(set(AID_LENDERS.values()))))
+    f = root / 'results/studies/init-signal.json'
+    if d is not None and f.exists(): d['init_signal'] = init_signal_rows(json.loads(f.read_text()), d)
+    return d
 
 def aid_table(d: dict, ref: str = 'reclmis') -> str:
     """`uptake_table`, then for each model other than `ref`: its test Dice A minus `ref`'s, paired by seed over the
@@ -125,7 +151,20 @@ def aid_table(d: dict, ref: str = 'reclmis') -> str:
         lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seed{'s' * (len(both) > 1)}): {np.mean(g):+.1f} "
                      f"Dice points (per seed {min(g):+.1f} to {max(g):+.1f}); reads the note at {read(rs)} of "
                      f"{len(both)} seeds ({ref}: {read(base)}).")
+    if d.get('init_signal'): lines.append('\n' + _init_line(d['init_signal'], (d.get('epochs') or 0) + 1))
     return '\n'.join(lines)
+
+def _init_line(x: dict, never: int) -> str:
+    "The aid table's sentence on the text-path gradient at initialisation (`init_signal_rows`)."
+    def one(m, r):
+        c = (f"; Spearman rho with the uptake epoch {r['rho_uptake']:+.2f}, p {r['p']:.2f}, "
+             f"over {len(r['seeds'])} seeds"
+             if r['rho_uptake'] is not None else f"; {len(r['seeds'])} seed(s), no rank correlation")
+        return f"{m} {1e3 * r['median_grad_text']:.2f}{c}"
+    parts = [one(m, r) for m, r in x['models'].items()] + [f"{m} {1e3 * g:.2f} (not trained here)"
+                                                           for m, g in x['others'].items()]
+    return ("Gradient of the segmentation loss on the text projection at initialisation (`init-signal` stage; median "
+            f"over the seeds, x1e-3; a run that never read the note ranks as epoch {never}): " + '; '.join(parts) + '.')
 
 # %% ../nbs/62_study.ipynb #05b7d05c
 def augment_summary(p: Params, root=None, study: str = 'augment',
