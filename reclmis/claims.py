@@ -11,8 +11,8 @@ from .core import project_root
 from .safeio import write_json
 
 # %% auto #0
-__all__ = ['CLAIMS', 'COMMANDS', 'mde', 'verdict', 'pair_rows', 'ablate_rows', 'bench_rows', 'cam_rows', 'claim_rows',
-           'claims_table', 'claim_costs', 'costs_line', 'write_claims', 'claim_note']
+__all__ = ['TABLE2_QATA', 'CLAIMS', 'COMMANDS', 'mde', 'verdict', 'pair_rows', 'ablate_rows', 'bench_rows', 'cam_rows',
+           'claim_rows', 'claims_table', 'claim_costs', 'costs_line', 'write_claims', 'claim_note']
 
 # %% ../nbs/72_claims.ipynb #4f31a335
 def mde(ci_low: float, ci_high: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -28,6 +28,10 @@ def verdict(diff: float, p: float, direction: int = 1, alpha: float = 0.05) -> s
 
 # %% ../nbs/72_claims.ipynb #66364d0d
 _T1 = 'Table 1'
+TABLE2_QATA = {'qata': "the `components` study's runs (Table 2's text-free and CI-only rows on the QaTa-COV19 CPU "
+                       "variant, 3 seeds): `dvc repro studies/dvc.yaml:record-components`, then "
+                       "`dvc repro -s studies/dvc.yaml:summary-ablate`"}   # a claim's `plan`: {dataset: what it needs}
+
 CLAIMS = [
     {'id': 'C1', 'claim': 'RecLMIS beats LViT (Dice)', 'kind': 'pair', 'a': 'reclmis', 'b': 'lvit',
      'paper': {'qata': 'QaTa-COV19 85.22 vs 83.66 Dice (+1.56, Table 1; +1.18 in Sec. IV-C)'},
@@ -41,15 +45,17 @@ CLAIMS = [
      'paper': {'qata': 'QaTa-COV19 85.22 vs U-Net 79.02 (+6.20) and nnU-Net 80.42 (+4.80), Table 1'},
      'effect': {'qata': 6.20}},
     {'id': 'C4', 'claim': 'CI adds to the text-free U-Net + PLAM (Dice)', 'kind': 'ablate', 'a': 'reclmis-ci-only',
-     'b': 'reclmis-no-text', 'paper': 'QaTa-COV19 82.52 vs 79.37 (+3.15, Table 2)', 'effect': 3.15},
+     'b': 'reclmis-no-text', 'paper': 'QaTa-COV19 82.52 vs 79.37 (+3.15, Table 2)', 'effect': 3.15, 'plan': TABLE2_QATA},
     {'id': 'C4', 'claim': 'the reconstructions and the CCL add to CI (Dice)', 'kind': 'ablate', 'a': 'reclmis',
-     'b': 'reclmis-ci-only', 'paper': 'QaTa-COV19 84.84 vs 82.52 (+2.32, Table 2)', 'effect': 2.32},
+     'b': 'reclmis-ci-only', 'paper': 'QaTa-COV19 84.84 vs 82.52 (+2.32, Table 2)', 'effect': 2.32,
+     'plan': TABLE2_QATA},
     {'id': 'C4', 'claim': 'CVR adds (Dice)', 'kind': 'ablate', 'a': 'reclmis', 'b': 'reclmis-no-cvr',
      'paper': 'QaTa-COV19 84.84 vs 84.30 (+0.54, Table 2)', 'effect': 0.54},
     {'id': 'C4', 'claim': 'CLR adds (Dice)', 'kind': 'ablate', 'a': 'reclmis', 'b': 'reclmis-no-clr',
      'paper': 'QaTa-COV19 84.84 vs 84.43 (+0.41, Table 2)', 'effect': 0.41},
     {'id': 'C4', 'claim': 'the full model beats the text-free baseline (Dice)', 'kind': 'ablate', 'a': 'reclmis',
-     'b': 'reclmis-no-text', 'paper': 'QaTa-COV19 84.84 vs 79.37 (+5.47, Table 2)', 'effect': 5.47},
+     'b': 'reclmis-no-text', 'paper': 'QaTa-COV19 84.84 vs 79.37 (+5.47, Table 2)', 'effect': 5.47,
+     'plan': TABLE2_QATA},
     {'id': 'C5', 'claim': 'conditioning CCL, CVR, CLR on WOI/POI adds (Dice; the paper: all removed -0.87 mIoU)',
      'kind': 'ablate', 'a': 'reclmis', 'b': 'reclmis-no-cond',
      'paper': 'QaTa-COV19 84.84 vs 84.14 Dice, 76.44 vs 75.57 mIoU (all vs none, Table 3)', 'effect': 0.70},
@@ -153,6 +159,9 @@ def claim_rows(summaries: dict, bench: dict | None, claims=CLAIMS, cam: dict | N
         if not got:
             needs = c.get('needs') or f"the runs behind `{COMMANDS[c['kind']]}`"
             got = [{**_row(c, '-', None, None, None, None, [], 'not measured'), 'needs': needs}]
+        have = {r['dataset'] for r in got}
+        got += [{**_row(c, ds, None, None, None, None, [], 'not measured'), 'needs': needs}   # planned, not run yet
+                for ds, needs in (c.get('plan') or {}).items() if ds not in have]
         rows += got
     return rows
 

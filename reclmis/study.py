@@ -14,11 +14,11 @@ from itertools import combinations
 from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_of
 
 # %% auto #0
-__all__ = ['LENDERS', 'AID_LENDERS', 'ABLATION', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES', 'TABLES', 'lent_runs',
-           'uptake_summary', 'uptake_table', 'init_signal_rows', 'aid_summary', 'aid_table', 'augment_summary',
-           'augment_table', 'ablate_summary', 'models_table', 'ablate_table', 'notes_summary', 'notes_table',
-           'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table', 'write_summary', 'load_summaries',
-           'write_summaries', 'write_comparison']
+__all__ = ['LENDERS', 'AID_LENDERS', 'ABLATION', 'ABLATE_STUDIES', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES',
+           'TABLES', 'lent_runs', 'uptake_summary', 'uptake_table', 'init_signal_rows', 'aid_summary', 'aid_table',
+           'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table', 'notes_summary',
+           'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table', 'write_summary',
+           'load_summaries', 'write_summaries', 'write_comparison']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -280,15 +280,25 @@ def _units(by: dict) -> dict:
     units = {unit_of(n) for rs in by.values() for n in seed_mean(rs[:1]).name}
     return {'ci_unit': 'subject' if any(u.startswith('sub-s') for u in units) else 'image', 'n_units': len(units)}
 
-def ablate_summary(p: Params, root=None, study: str = 'ablate', contrasts=ABLATION, borrow=('reclmis',),
+ABLATE_STUDIES = ('ablate', 'components')   # the ablation summary's studies: the grid, and Table 2's rows on QaTa
+
+def ablate_summary(p: Params, root=None, studies=ABLATE_STUDIES, contrasts=ABLATION, borrow=('reclmis',),
                    n_boot: int = 2000, seed: int = 0) -> dict | None:
-    """Per dataset of `study`: each model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a
-    paired test of seed-averaged per-image Dice A over the seeds both share, Holm-corrected across the contrasts.
-    The full model's runs are lent (`lent_runs`): the same configuration at the same seeds and threads, trained once."""
+    """Per dataset of the `studies` (their runs together; a run two of them trained counts once, the first's): each
+    model's Dice A per seed, and each contrast (a, b, meaning) of `contrasts` as a paired test of seed-averaged
+    per-image Dice A over the seeds both share, Holm-corrected across the contrasts of the dataset. The full model's
+    runs are lent (`lent_runs`): the same configuration at the same seeds and threads, trained once."""
     root = Path(root or project_root())
-    runs = study_runs(root, study)
+    runs, lent, have = [], [], set()
+    key = lambda r: (r['dataset'], r['model'], r['seed'])
+    for st in studies:
+        own = [r for r in study_runs(root, st) if key(r) not in have]
+        if not own: continue                          # a study with no run yet lends nothing either
+        have |= {key(r) for r in own}
+        runs += own
+        for r in lent_runs(p, root, st, borrow, own=own):
+            if key(r) not in have: have.add(key(r)); lent.append(r)
     if not runs: return None
-    lent = lent_runs(p, root, study, borrow, own=runs)
     out = {}
     for ds, by in _by_dataset(runs + lent).items():
         out[ds] = {'lent': sorted({f"{r['model']} ({r['study']})" for r in lent if r['dataset'] == ds}), **_units(by),

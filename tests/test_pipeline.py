@@ -21,6 +21,7 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
                                 'threads': 1},
                     'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [1, 2],
                                'threads': 1},
+                    'components': {'datasets': ['synth'], 'models': ['reclmis-ci-only'], 'seeds': [1], 'threads': 1},
                     'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 1},
                     'aid': {'datasets': ['synth'], 'models': ['reclmis-deepsup'], 'seeds': [1], 'threads': 1}}}
 ENV = {}
@@ -121,9 +122,10 @@ def test_study_pipeline(clone):
     cam = json.loads((base / 'cam.json').read_text())           # C11: the compare study's three synth runs
     assert set(cam['models']) == {'unet', 'lvit', 'reclmis'} and cam['n_images'] == 16, cam['models'].keys()
     assert s['compare']['synth']['ci_unit'] == 'image'
-    ab = s['ablate']['synth']['contrasts'][0]      # the ablation contrast, averaged over both seeds; the full model
-    assert s['ablate']['synth']['lent'] == ['reclmis (seeds)']      # is lent by the seeds study at each seed
-    assert (ab['a'], ab['b'], ab['seeds']) == ('reclmis', 'reclmis-no-text', [1, 2]) and 'p_holm' in ab
+    ab = next(x for x in s['ablate']['synth']['contrasts'] if x['b'] == 'reclmis-no-text' and x['a'] == 'reclmis')
+    assert s['ablate']['synth']['lent'] == ['reclmis (seeds)']      # the full model is lent by seeds at each seed;
+    assert ab['seeds'] == [1, 2] and 'p_holm' in ab                 # the contrast is averaged over both seeds
+    assert s['ablate']['synth']['models']['reclmis-ci-only']['seeds'] == [1]    # the components study's run, read too
     left = {k for k in _status(clone, 'studies/dvc.yaml')
             if not k.endswith((':bench', ':bench-ddp', ':claims'))}   # the claims ledger needs the benchmark
     assert not left, left
