@@ -89,17 +89,20 @@ def init_signal(p, root=None, dataset: str = 'synth', variants=('reclmis',), see
 # %% ../nbs/59_uptake.ipynb #up9
 def init_signal_stage(root=None, out='results/studies/init-signal.json', dataset: str = 'synth', n: int = 32) -> dict:
     """The `init-signal` stage: `init_signal` for every model of the `aid` study and the `uptake` study's variants, at
-    the aid's seeds, written to `out` (relative to `root`) with the medians per variant and the wall time."""
+    the aid's seeds and thread count, written to `out` (relative to `root`) with the medians per variant and the wall
+    time."""
     from reclmis.config import load_params
     from reclmis.safeio import write_json
     root = Path(root or project_root())
     p = load_params(root / 'params.yaml')
     variants = list(dict.fromkeys(p.studies['aid'].models + p.studies['uptake'].models))
+    if p.studies['aid'].threads > 0: torch.set_num_threads(p.studies['aid'].threads)   # the aid runs' float rounding
     t0 = time.time()
     rows = init_signal(p, root, dataset, variants, p.studies['aid'].seeds, n)
     med = {v: {k: float(np.median([r[k] for r in rs])) for k in ('note_effect', 'grad_text', 'grad_ci', 'ratio')}
            for v, rs in rows.items()}
     res = {'dataset': dataset, 'n_images': n, 'seeds': p.studies['aid'].seeds, 'study': 'aid',
+           'threads': torch.get_num_threads(),
            'measure': 'at initialisation (no training step): note_effect = mean |change of the predicted probability| '
                       'when each image gets the next image\'s note; grad_text / grad_ci = norm of the gradient of the '
                       'segmentation BCE on the text projection / the CI patch projection weights',
