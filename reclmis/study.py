@@ -15,10 +15,10 @@ from .stats import holm, pairs_table, paired_test, seed_mean, study_runs, unit_o
 
 # %% auto #0
 __all__ = ['LENDERS', 'AID_LENDERS', 'ABLATION', 'ABLATE_STUDIES', 'NOTE_KEYS', 'COMPARE_EXTRA', 'PAIR_KEYS', 'SUMMARIES',
-           'TABLES', 'lent_runs', 'uptake_summary', 'uptake_table', 'init_signal_rows', 'aid_summary', 'aid_table',
-           'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table', 'notes_summary',
-           'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table', 'write_summary',
-           'load_summaries', 'write_summaries', 'write_comparison']
+           'TABLES', 'lent_runs', 'uptake_summary', 'uptake_table', 'rank_corr', 'init_signal_rows', 'aid_summary',
+           'aid_table', 'augment_summary', 'augment_table', 'ablate_summary', 'models_table', 'ablate_table',
+           'notes_summary', 'notes_table', 'compare_summary', 'comparison_files', 'seed_lenders', 'compare_table',
+           'write_summary', 'load_summaries', 'write_summaries', 'write_comparison']
 
 # %% ../nbs/62_study.ipynb #lend1
 LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS rows other studies read
@@ -105,12 +105,24 @@ def uptake_table(d: dict) -> str:
 # %% ../nbs/62_study.ipynb #aid1
 AID_LENDERS = {'reclmis-ci-sa': 'ablate'}   # aid arm -> the study that also trains it (on the same machine)
 
+def rank_corr(x, y) -> tuple[float, float]:
+    """Spearman's rho of `x` and `y` (ties get average ranks) and its two-sided p: exact, over every ordering of `y`,
+    for up to 8 pairs (the t approximation is far off at a handful of seeds), else scipy's."""
+    from itertools import permutations
+    from scipy.stats import rankdata, spearmanr
+    rx, ry = rankdata(x), rankdata(y)
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    if len(rx) > 8: return rho, float(spearmanr(x, y)[1])
+    P = np.array(list(permutations(ry)))
+    P, c = P - P.mean(1, keepdims=True), rx - rx.mean()
+    r = P @ c / (np.sqrt((P ** 2).sum(1)) * np.sqrt((c ** 2).sum()))
+    return rho, float(np.mean(np.abs(r) >= abs(rho) - 1e-12))
+
 def init_signal_rows(sig: dict, d: dict) -> dict:
     """Set the `init-signal` stage's results `sig` beside the uptake summary `d`: each run row of `d` gets its seed's
     `init_grad_text` (in place); per model, the median gradient over the seeds and Spearman's rank correlation (with
     its p) between the gradient and the uptake epoch (a run that never read the note ranks as epoch `epochs` + 1); the
     models `sig` measured that `d` did not train, under `others` (their median)."""
-    from scipy.stats import spearmanr
     never, out = (d.get('epochs') or 0) + 1, {'models': {}, 'others': {}}
     for m, rows in d['variants'].items():
         by = {r['seed']: r['grad_text'] for r in sig['variants'].get(m, [])}
@@ -119,7 +131,7 @@ def init_signal_rows(sig: dict, d: dict) -> dict:
         if not got: continue
         g, u = [r['init_grad_text'] for r in got], [r['uptake_epoch'] or never for r in got]
         ok = len(got) >= 3 and len(set(g)) > 1 and len(set(u)) > 1          # else the rank correlation is undefined
-        rho, pv = spearmanr(g, u) if ok else (None, None)
+        rho, pv = rank_corr(g, u) if ok else (None, None)
         out['models'][m] = {'seeds': [r['seed'] for r in got], 'median_grad_text': float(np.median(g)),
                             'rho_uptake': None if rho is None else float(rho), 'p': None if pv is None else float(pv)}
     for m, rows in sig['variants'].items():
