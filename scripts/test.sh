@@ -9,4 +9,4 @@ export RECLMIS_DATA_MIRROR="${RECLMIS_DATA_MIRROR:-$(cd .. && pwd)/shared/data}"
 echo "== notebook tests (nbdev_test)"
 nbdev_test --n_workers 2 --skip_folder_re '^(stages|[_.].*)$' --timing
 echo "== pytest"
-pytest tests "$@"     # exits non-zero on failures and on "no tests ran" (exit 5)
+pytest tests --durations=25 "$@"     # exits non-zero on failures and on "no tests ran" (exit 5); the 25 slowest shown

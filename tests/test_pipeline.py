@@ -140,17 +140,25 @@ def test_exp_run_with_set_param(clone):
     assert t['epochs_run'] == 1 and t['seed'] == 5
     run('git checkout -q -- . && git clean -qfd results', clone)
 
-def test_queue_runs_experiments_in_parallel(clone):
+def test_queue_runs_experiments_in_parallel(clone, tmp_path):
     "DVC's own queue: two queued experiments (other seeds), run by two workers, both listed by `dvc exp show`."
     for s in (11, 12):
         run(f"dvc exp run --queue -S 'run.seeds=[{s}]' -S 'run.models=[unet]' -S train.epochs=1 -n q{s}", clone)
-    run('dvc queue start -j 2', clone)      # no RECLMIS_ROOT: each experiment runs in its own workspace copy
-    t0 = time.time()
-    while time.time() - t0 < 600:
-        st = run('dvc queue status', clone).stdout
-        if 'Queued' not in st and 'Running' not in st: break
-        time.sleep(5)
-    assert 'Failed' not in st, st + run('dvc queue logs q11', clone, check=False).stdout
+    # The workers are daemons that inherit the caller's stdout: with it captured (a pipe), `dvc queue start` would
+    # return only when the last worker exits. Their output goes to a file; no RECLMIS_ROOT: each experiment runs
+    # in its own workspace copy.
+    run(f'dvc queue start -j 2 > {tmp_path}/queue-start.log 2>&1', clone, timeout=120)
+    t0, st = time.time(), ''
+    try:
+        while time.time() - t0 < 1200:
+            st = run('dvc queue status', clone).stdout
+            if 'Queued' not in st and 'Running' not in st: break
+            time.sleep(5)
+        logs = run('dvc queue logs q11', clone, check=False).stdout[-3000:]
+        assert 'Queued' not in st and 'Running' not in st, f'not done after {time.time() - t0:.0f} s\n{st}\n{logs}'
+        assert 'Failed' not in st, st + logs
+    finally:
+        run('dvc queue stop --kill', clone, check=False, timeout=120)   # never leave workers behind
     shown = run('dvc exp show --json', clone).stdout
     assert 'q11' in shown and 'q12' in shown, shown[-2000:]
 
