@@ -26,16 +26,18 @@ LENDERS = ('compare', 'seeds')   # the studies that train the U-Net and RecLMIS 
 def lent_runs(p: Params, root, study: str, models, lenders=LENDERS, own: list | None = None) -> list[dict]:
     """Finished runs of `models` at `study`'s datasets and seeds that a `lenders` study trained with `study`'s thread
     count (so the same weights), minus those `study` trains itself (`own`: its runs, when the caller has read them);
-    each with the lender's name under `study`."""
+    each with the lender's name under `study`. `models` may map each model to the one study that may lend it."""
     if p is None or study not in p.studies: return []
     s = p.studies[study]
+    only = models if isinstance(models, dict) else dict.fromkeys(models)       # model -> its lender (None: any)
     have = {(r['dataset'], r['model'], r['seed']) for r in (study_runs(root, study) if own is None else own)}
     out = []
     for name in lenders:
         if name == study or name not in p.studies or p.studies[name].threads != s.threads: continue
         for r in study_runs(root, name):
             k = (r['dataset'], r['model'], r['seed'])
-            if r['model'] in models and r['dataset'] in s.datasets and r['seed'] in s.seeds and k not in have:
+            if (r['model'] in only and only[r['model']] in (None, name) and r['dataset'] in s.datasets
+                    and r['seed'] in s.seeds and k not in have):
                 have.add(k)
                 out.append({**r, 'study': name})
     return out
@@ -123,7 +125,8 @@ def init_signal_rows(sig: dict, d: dict) -> dict:
     `init_grad_text` (in place); per model, the median gradient over the seeds and Spearman's rank correlation (with
     its p) between the gradient and the uptake epoch (a run that never read the note ranks as epoch `epochs` + 1); the
     models `sig` measured that `d` did not train, under `others` (their median)."""
-    never, out = (d.get('epochs') or 0) + 1, {'models': {}, 'others': {}}
+    never = (d.get('epochs') or 0) + 1
+    out = {'models': {}, 'others': {}, 'never': never}
     for m, rows in d['variants'].items():
         by = {r['seed']: r['grad_text'] for r in sig['variants'].get(m, [])}
         got = [r for r in rows if r['seed'] in by]
@@ -144,7 +147,7 @@ def aid_summary(p: Params, root=None) -> dict | None:
     the `seeds` study's ran on another machine. With the `init-signal` stage's results (`init_signal_rows`) under
     `init_signal` when they exist."""
     root = Path(root or project_root())
-    d = uptake_summary(p, root, 'aid', borrow=tuple(AID_LENDERS), lenders=tuple(sorted(set(AID_LENDERS.values()))))
+    d = uptake_summary(p, root, 'aid', borrow=AID_LENDERS, lenders=tuple(sorted(set(AID_LENDERS.values()))))
     f = root / 'results/studies/init-signal.json'
     if d is not None and f.exists(): d['init_signal'] = init_signal_rows(json.loads(f.read_text()), d)
     return d
@@ -163,10 +166,10 @@ def aid_table(d: dict, ref: str = 'reclmis') -> str:
         lines.append(f"\n{m} - {ref}, paired by seed ({len(both)} seed{'s' * (len(both) > 1)}): {np.mean(g):+.1f} "
                      f"Dice points (per seed {min(g):+.1f} to {max(g):+.1f}); reads the note at {read(rs)} of "
                      f"{len(both)} seeds ({ref}: {read(base)}).")
-    if d.get('init_signal'): lines.append('\n' + _init_line(d['init_signal'], (d.get('epochs') or 0) + 1))
+    if d.get('init_signal'): lines.append('\n' + _init_line(d['init_signal']))
     return '\n'.join(lines)
 
-def _init_line(x: dict, never: int) -> str:
+def _init_line(x: dict) -> str:
     "The aid table's sentence on the text-path gradient at initialisation (`init_signal_rows`)."
     def one(m, r):
         c = (f"; Spearman rho with the uptake epoch {r['rho_uptake']:+.2f}, p {r['p']:.2f}, "
@@ -176,7 +179,7 @@ def _init_line(x: dict, never: int) -> str:
     parts = [one(m, r) for m, r in x['models'].items()] + [f"{m} {1e3 * g:.2f} (not trained here)"
                                                            for m, g in x['others'].items()]
     return ("Gradient of the segmentation loss on the text projection at initialisation (`init-signal` stage; median "
-            f"over the seeds, x1e-3; a run that never read the note ranks as epoch {never}): " + '; '.join(parts) + '.')
+            f"over the seeds, x1e-3; a run that never read the note ranks as epoch {x['never']}): " + '; '.join(parts) + '.')
 
 # %% ../nbs/62_study.ipynb #05b7d05c
 def augment_summary(p: Params, root=None, study: str = 'augment',
