@@ -47,8 +47,9 @@ def clone(tmp_path_factory, root):
 
 def _status(clone, target='dvc.yaml') -> dict:
     "`dvc status <target> --json`, through DVC's API in this process (the CLI's start-up was most of its 5 s)."
+    from contextlib import chdir
     from dvc.repo import Repo
-    with Repo(str(clone)) as repo: return repo.status(targets=[target])
+    with chdir(clone), Repo(str(clone)) as repo: return repo.status(targets=[target])   # targets are cwd-relative
 
 def test_repro_writes_everything_then_noop(clone):
     run('dvc repro', clone, env=ENV)
