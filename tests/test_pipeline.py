@@ -93,7 +93,7 @@ def test_study_pipeline(clone):
         'studies/dvc.yaml:summary-ablate studies/dvc.yaml:summary-notes studies/dvc.yaml:summary-aid '
         'studies/dvc.yaml:cam '
         'studies/dvc.yaml:comparison', clone,
-        env=ENV, timeout=1800)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
+        env=ENV, timeout=3000)    # every study and its summary, and the Grad-CAM stage (not the 8-min benchmark)
     base = clone / 'results/studies'
     for st, ds, model, seed in (('compare', 'synth', 'reclmis', 3407), ('seeds', 'synth', 'unet', 2),
                                 ('uptake', 'synth', 'reclmis-official-ci', 2),
