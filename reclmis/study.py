@@ -179,7 +179,8 @@ def _init_line(x: dict) -> str:
     parts = [one(m, r) for m, r in x['models'].items()] + [f"{m} {1e3 * g:.2f} (not trained here)"
                                                            for m, g in x['others'].items()]
     return ("Gradient of the segmentation loss on the text projection at initialisation (`init-signal` stage; median "
-            f"over the seeds, x1e-3; a run that never read the note ranks as epoch {x['never']}): " + '; '.join(parts) + '.')
+            f"over the seeds, x1e-3; a run that never read the note ranks as epoch {x['never']}): "
+            + '; '.join(parts) + '.')
 
 # %% ../nbs/62_study.ipynb #05b7d05c
 def augment_summary(p: Params, root=None, study: str = 'augment',
