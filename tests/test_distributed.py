@@ -12,7 +12,7 @@ CKPT, RES = Path('build') / RUN / 'ckpt', Path('results') / RUN
 def _params(ws, name, train=None, run=None):
     y = yaml.safe_load((ws / 'params.yaml').read_text())
     y['train'].update(train or {}); y['run'].update({'threads': 1, **(run or {})})
-    y['model']['unet'].update(bce='plain')   # a per-image mean loss (LViT's balanced BCE normalises over each rank's chunk)
+    y['model']['unet'].update(bce='plain')   # a per-image mean (LViT's balanced BCE normalises over each rank's chunk)
     (ws / name).write_text(yaml.safe_dump(y, sort_keys=False)); return name
 
 
@@ -22,11 +22,16 @@ def _env(ws): return {**os.environ, 'RECLMIS_ROOT': str(ws), 'OMP_NUM_THREADS': 
 def _torchrun(ws, params, nproc=2, wait=True):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m', 'reclmis',
            '--params', params, 'train', 'synth', 'unet']
+    if not wait:     # the caller polls while it runs: output to a file (a pipe nobody reads fills and blocks the run)
+        return subprocess.Popen(cmd, cwd=ws, env=_env(ws), stdout=open(ws / 'torchrun.log', 'w'),
+                                stderr=subprocess.STDOUT, text=True)
     p = subprocess.Popen(cmd, cwd=ws, env=_env(ws), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if not wait: return p
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out[-3000:]
     return out
+
+
+def _log(ws): return (ws / 'torchrun.log').read_text()[-2000:]
 
 
 def _single(ws, params):
@@ -77,7 +82,7 @@ def test_kill_a_rank_then_resume(ws):
     run = _torchrun(ws, p, wait=False)
     lock, t0 = ws / 'build/.locks/default-synth-unet-s3407.lock', time.time()
     while True:
-        assert run.poll() is None, 'the run ended before it could be killed: ' + run.stdout.read()[-2000:]
+        assert run.poll() is None, 'the run ended before it could be killed: ' + _log(ws)
         assert time.time() - t0 < 300
         last = ws / CKPT / 'last.pt'
         if last.exists():
@@ -85,7 +90,7 @@ def test_kill_a_rank_then_resume(ws):
             if st['fingerprint'] != _hist(ws)['fingerprint'] and st['epoch'] >= 2: break
         time.sleep(0.1)
     os.kill(json.loads(lock.read_text())['pid'], signal.SIGKILL)
-    out = run.communicate(timeout=120)[0]
+    run.wait(timeout=120)
     assert run.returncode != 0
     done = torch.load(ws / CKPT / 'last.pt', weights_only=False)['state']['epoch'] + 1     # valid after the kill
     assert 3 <= done < 60

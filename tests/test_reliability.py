@@ -18,21 +18,30 @@ def _params(ws, name, **train):
 
 
 def test_two_trainings_of_one_run(ws, monkeypatch):
-    "Reproduction 1: the second training refuses, naming the holder; the first ends with consistent files."
+    """Reproduction 1: the second training refuses, naming the holder; the first ends with consistent files.
+    The first training is bounded by wall time, not by epochs (`train.max_minutes`: 1 min, no early stop; then it
+    stops cleanly and a later run would resume), so it outlives the second command on a fast machine and ends soon on
+    a slow one. Its output goes to a file: unread, a pipe fills and blocks the writer (the CI's 600 s timeout)."""
     env = {**os.environ, 'RECLMIS_ROOT': str(ws), 'DVC_NO_ANALYTICS': '1'}
-    a = subprocess.Popen(['reclmis', '--params', _params(ws, 'A.yaml', epochs=150, lr=0.0015), 'train', 'synth', 'unet'], cwd=ws,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    a_yaml = _params(ws, 'A.yaml', epochs=100000, patience=100000, lr=0.0015, max_minutes=1.0)
+    a_log = open(ws / 'A.log', 'w+')       # a file, not a pipe: nobody reads a pipe until the end, and a full pipe
+    a = subprocess.Popen(['reclmis', '--params', a_yaml, 'train', 'synth', 'unet'], cwd=ws,    # blocks the writer
+                         env=env, stdout=a_log, stderr=subprocess.STDOUT, text=True)
     lock = ws / 'build/.locks/default-synth-unet-s3407.lock'
     t0 = time.time()
     while not (lock.exists() and f'"pid": {a.pid}' in lock.read_text()):
         assert a.poll() is None and time.time() - t0 < 120, 'the first training never took the lock'
         time.sleep(0.2)
-    b = subprocess.run(['reclmis', '--params', _params(ws, 'B.yaml', epochs=150, lr=0.002), 'train', 'synth', 'unet'],
-                       cwd=ws, env=env, capture_output=True, text=True)
+    b_yaml = _params(ws, 'B.yaml', epochs=100000, lr=0.002)
+    b = subprocess.run(['reclmis', '--params', b_yaml, 'train', 'synth', 'unet'], cwd=ws, env=env,
+                       capture_output=True, text=True, timeout=300)
     assert a.poll() is None, 'the first training ended before the second started: the test proves nothing'
     assert b.returncode == 2 and 'busy' in b.stderr and str(a.pid) in b.stderr, b.stderr
-    assert a.wait(timeout=600) == 0, a.stdout.read()
-    fp = json.loads((ws / RES / 'train.json').read_text())['fingerprint']
+    assert a.wait(timeout=900) == 0, (ws / 'A.log').read_text()[-3000:]
+    a_log.close()
+    tj = json.loads((ws / RES / 'train.json').read_text())
+    assert not tj['finished'] and tj['epochs_run'] >= 1, tj['epochs_run']      # stopped by the time limit
+    fp = tj['fingerprint']
     for f in ('best.pt', 'last.pt'):
         ck = torch.load(ws / CKPT / f, weights_only=False)
         assert (ck.get('fingerprint') or ck['state']['fingerprint']) == fp, f
