@@ -79,6 +79,23 @@ def test_committed_results_are_stage_outputs(root):
     stray = [t for t in tracked if not any(t == o or t.startswith(o.rstrip('/') + '/') for o in outs)]
     assert not stray, f'committed under results/ but no stage output (regenerate or remove): {stray}'
 
+def test_committed_locks_match_the_committed_files(root):
+    """Every git-tracked file the default pipeline's dvc.lock records (deps and outs: results, notebooks, code, the
+    study lock the report reads), and every git-tracked output of the study lock, has the recorded md5: a lock left
+    behind would otherwise say "up to date" over results made from other inputs. (Directories and build/ are not in
+    git: not checked. Study runs made by older code keep their deps: a run is trained once; `dvc status
+    studies/dvc.yaml` lists them.)"""
+    import hashlib
+    tracked = set(run('git ls-files', root).stdout.split())
+    bad = []
+    for lock, kinds in (('dvc.lock', ('deps', 'outs')), ('studies/dvc.lock', ('outs',))):
+        for name, st in (yaml.safe_load((root / lock).read_text()) or {}).get('stages', {}).items():
+            for e in [e for k in kinds for e in st.get(k, [])]:
+                if e['path'] not in tracked or str(e.get('md5', '')).endswith('.dir'): continue
+                md5 = hashlib.md5((root / e['path']).read_bytes()).hexdigest()
+                if md5 != e['md5']: bad.append(f"{lock} {name}: {e['path']}")
+    assert not bad, 'stale lock entries (re-run those stages):\n' + '\n'.join(bad[:30]) + f'\n({len(bad)} in all)'
+
 def test_no_reference_outside_the_repository(root):
     "Docs and code cite primary sources, never a file that only exists on the maintainers' machines."
     hits = run("git grep -n -i -e 'method-spec' -e 'shared/data' -- "
