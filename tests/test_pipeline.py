@@ -13,13 +13,13 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis', 'lvit'], 'seeds': [3407],
                                 'threads': 1},       # one thread: not run.threads, so the study's count is seen
-                    'seeds': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [1, 2], 'threads': 1},
+                    'seeds': {'datasets': ['synth'], 'models': ['unet', 'reclmis'], 'seeds': [2], 'threads': 1},
                     'rivals': {'datasets': ['synth'], 'models': ['lvit'], 'seeds': [2], 'threads': 1},
-                    'uptake': {'datasets': ['synth'], 'models': ['reclmis-official-ci'], 'seeds': [1, 2],
+                    'uptake': {'datasets': ['synth'], 'models': ['reclmis-official-ci'], 'seeds': [2],
                                'threads': 1},
                     'augment': {'datasets': ['synth'], 'models': ['reclmis-aug-notesafe'], 'seeds': [3407],
                                 'threads': 1},
-                    'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [1, 2],
+                    'ablate': {'datasets': ['synth'], 'models': ['reclmis-no-text'], 'seeds': [2],
                                'threads': 1},
                     'components': {'datasets': ['synth'], 'models': ['reclmis-ci-only'], 'seeds': [1], 'threads': 1},
                     'notes': {'datasets': ['synth'], 'models': ['reclmis-canonical'], 'seeds': [3407], 'threads': 1},
@@ -72,17 +72,28 @@ def test_repro_writes_everything_then_noop(clone):
     assert 'dice_a' in run('dvc metrics show --json', clone).stdout
 
 def test_every_module_edit_reaches_the_stages_that_run_it(clone):
-    "After `dvc repro`, editing any module under reclmis/ makes `dvc status` report every stage whose code imports it."
+    """After `dvc repro`, editing any module under reclmis/ makes `dvc status` report every stage whose code imports
+    it. Every module is edited at once and `dvc status` run once: it names, per stage, each changed dep, so module
+    m reaches exactly the stages whose changed deps include m (one call instead of one per module: 260 s -> 10 s)."""
     from reclmis.graph import stage_code
     stages = yaml.safe_load((clone / 'dvc.yaml').read_text())['stages']
-    for f in sorted((clone / 'reclmis').glob('*.py')):
+    files = sorted((clone / 'reclmis').glob('*.py'))
+    texts = {f: f.read_text() for f in files}
+    try:
+        for f, t in texts.items(): f.write_text(t + '\n# touched by the dependency test\n')
+        st = _status(clone)
+    finally:
+        for f, t in texts.items(): f.write_text(t)
+    changed = {}                                    # module -> stages whose changed deps name it
+    for name, entries in st.items():
+        for e in entries:
+            for path in (e.get('changed deps', {}) if isinstance(e, dict) else {}):
+                changed.setdefault(path, set()).add(name.split('@')[0])
+    assert changed, st
+    for f in files:
         rel = f'reclmis/{f.name}'
         users = {n for n, s in stages.items() if rel in stage_code(s['cmd'], clone)}
-        text = f.read_text()
-        f.write_text(text + '\n# touched by the dependency test\n')
-        try: st = _status(clone)
-        finally: f.write_text(text)
-        reported = {n.split('@')[0] for n in st}
+        reported = changed.get(rel, set())
         assert users <= reported, f'editing {rel}: stages {sorted(users - reported)} not reported by dvc status'
         if not users: assert not reported, f'{rel} is run by no stage, yet dvc status reports {sorted(reported)}'
     assert _status(clone) == {}
@@ -110,12 +121,12 @@ def test_study_pipeline(clone):
     assert aug['base_model'] == 'reclmis'
     from reclmis.study import load_summaries
     s = load_summaries(base)
-    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [1, 2]         # lent by seeds
-    assert [r['seed'] for r in s['uptake']['variants']['reclmis-official-ci']] == [1, 2]
-    assert len(s['uptake']['baseline']['runs']) == 2
+    assert [r['seed'] for r in s['uptake']['variants']['reclmis']] == [2]            # lent by seeds
+    assert [r['seed'] for r in s['uptake']['variants']['reclmis-official-ci']] == [2]
+    assert len(s['uptake']['baseline']['runs']) == 1
     assert [r['seed'] for r in s['aid']['variants']['reclmis-deepsup']] == [1]     # the aid trains end to end
     assert set(s['aid']['variants']) == {'reclmis-deepsup'} and not s['aid']['baseline']['runs']   # seeds lends none
-    assert s['compare']['synth']['models']['reclmis']['seeds'] == [1, 2, 3407]       # compare's and seeds' runs
+    assert s['compare']['synth']['models']['reclmis']['seeds'] == [2, 3407]          # compare's and seeds' runs
     assert s['compare']['synth']['models']['lvit']['seeds'] == [2, 3407]              # compare's and rivals' runs
     cf = json.loads((clone / 'results/synth/comparison.json').read_text())          # the per-dataset test file
     assert cf['ci_unit'] == 'image' and {'a', 'b', 'diff', 'ci_low', 'ci_high', 'p', 'p_holm'} <= set(cf['pairs'][0])
@@ -127,7 +138,7 @@ def test_study_pipeline(clone):
     assert s['compare']['synth']['ci_unit'] == 'image'
     ab = next(x for x in s['ablate']['synth']['contrasts'] if x['b'] == 'reclmis-no-text' and x['a'] == 'reclmis')
     assert s['ablate']['synth']['lent'] == ['reclmis (seeds)']      # the full model is lent by seeds at each seed;
-    assert ab['seeds'] == [1, 2] and 'p_holm' in ab                 # the contrast is averaged over both seeds
+    assert ab['seeds'] == [2] and 'p_holm' in ab                    # the contrast at the seed both have
     assert s['ablate']['synth']['models']['reclmis-ci-only']['seeds'] == [1]    # the components study's run, read too
     left = {k for k in _status(clone, 'studies/dvc.yaml')
             if not k.endswith((':bench', ':bench-ddp', ':claims'))}   # the claims ledger needs the benchmark
