@@ -4,13 +4,13 @@
 
 # %% ../nbs/74_docs.ipynb #6fc2c5b2
 from __future__ import annotations
-import html, json, os, re, subprocess, sys
+import html, json, os, re, subprocess, sys, tempfile
 from pathlib import Path
 
 import nbformat
 
 # %% auto #0
-__all__ = ['notebook_title', 'page_name', 'proc_nb', 'link_attrs_to_html', 'clean_nb', 'render_show_docs', 'nav_html',
+__all__ = ['notebook_title', 'page_name', 'proc_nbs', 'proc_nb', 'link_attrs_to_html', 'clean_nb', 'render_show_docs', 'nav_html',
            'offline_html', 'nb_to_html']
 
 # %% ../nbs/74_docs.ipynb #e3468398
@@ -37,48 +37,74 @@ def _slug(s: str) -> str: return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-'
 
 # %% ../nbs/74_docs.ipynb #95910733
 _PROC_SCRIPT = r'''
-import os, re, sys, warnings
+import json, os, re, sys, warnings
 os.environ["IN_TEST"] = "1"
 warnings.simplefilter("ignore")
 from execnb.nbio import read_nb, write_nb
 from nbdev.processors import FilterDefaults
 from execnb.nbio import mk_cell
-nb = read_nb(sys.argv[1])
-# nbdev turns the whole first '# Title' cell into front matter and drops the rest of its text: keep that text
-for i, c in enumerate(nb.cells):
-    if c.cell_type != 'markdown': continue
-    m = re.search(r'^#\s+\S.*$(\n+^>\s+\S.*$)?', c.source, flags=re.M)
-    if m:
-        rest = c.source[m.end():].strip()
-        if rest:
-            c.source = c.source[:m.end()]
-            nb.cells.insert(i + 1, mk_cell(rest, 'markdown'))
-        break
-for i, c in enumerate(nb.cells): c.idx_ = i
-try: FilterDefaults()(nb)
-except Exception as e:
-    c = e.__cause__
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"{msg.rstrip(' :')}: {type(c).__name__}: {c}" if c else f"{type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
-write_nb(nb, sys.argv[2])
+
+def proc(src, dst):
+    nb = read_nb(src)
+    # nbdev turns the whole first '# Title' cell into front matter and drops the rest of its text: keep that text
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != 'markdown': continue
+        m = re.search(r'^#\s+\S.*$(\n+^>\s+\S.*$)?', c.source, flags=re.M)
+        if m:
+            rest = c.source[m.end():].strip()
+            if rest:
+                c.source = c.source[:m.end()]
+                nb.cells.insert(i + 1, mk_cell(rest, 'markdown'))
+            break
+    for i, c in enumerate(nb.cells): c.idx_ = i
+    try: FilterDefaults()(nb)
+    except Exception as e:
+        c = e.__cause__
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"{msg.rstrip(' :')}: {type(c).__name__}: {c}" if c else f"{type(e).__name__}: {e}"
+    write_nb(nb, dst)
+
+pairs, log = json.loads(sys.argv[1]), sys.argv[2]
+for src, dst in pairs:   # one notebook after the other in this process: nbdev, torch and reclmis are imported once
+    os.chdir(os.path.dirname(src))
+    err = proc(src, dst)
+    with open(log, 'a') as f: f.write(json.dumps({'src': src, 'error': err}) + '\n')
 '''
 
-def proc_nb(src, dst, root=None, timeout: float = 600) -> str | None:
-    """Run nbdev's docs processors (those of `nbdev_proc_nbs`) on notebook `src`, writing `dst`; `root` (the project,
-    put on `PYTHONPATH`). Returns an error text or None."""
-    src, dst = Path(src).resolve(), Path(dst)
+def proc_nbs(pairs, root=None, timeout: float = 600) -> dict:
+    """Run nbdev's docs processors (those of `nbdev_proc_nbs`) on each notebook `src` of `pairs` [(src, dst), ...],
+    writing `dst`, all in one subprocess (its start-up and imports, most of a small notebook's time, are paid once);
+    `root`: the project, put on `PYTHONPATH`; `timeout`: seconds per notebook. Returns {src (resolved): error text or
+    None}. A notebook that kills or hangs the shared process is retried alone, so it cannot take the others down."""
+    pairs = [(Path(s).resolve(), Path(d).resolve()) for s, d in pairs]
+    if not pairs: return {}
     env = dict(os.environ)
     if root is not None:  # the library need not be pip-installed: import it from the checkout
-        env['PYTHONPATH'] = os.pathsep.join([str(Path(root).resolve())] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
-    dst.parent.mkdir(parents=True, exist_ok=True)
+        env['PYTHONPATH'] = os.pathsep.join([str(Path(root).resolve())] + env.get('PYTHONPATH', '').split(os.pathsep)
+                                            ).rstrip(os.pathsep)
+    for _, d in pairs: d.parent.mkdir(parents=True, exist_ok=True)
+    fd, log = tempfile.mkstemp(suffix='.jsonl', prefix='reclmis_proc_'); os.close(fd)
     try:
-        r = subprocess.run([sys.executable, '-c', _PROC_SCRIPT, str(src), str(dst.resolve())], cwd=src.parent, env=env,
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired: return f'processing {src.name} took more than {timeout:.0f} s'
-    if r.returncode == 0 and dst.exists(): return None
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    return '\n'.join(lines[-6:]) or f'exit code {r.returncode}'
+        try:
+            r = subprocess.run([sys.executable, '-c', _PROC_SCRIPT, json.dumps([[str(s), str(d)] for s, d in pairs]),
+                                log], cwd=pairs[0][0].parent, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True, timeout=timeout * len(pairs))
+            lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+            failure = '\n'.join(lines[-6:]) or f'exit code {r.returncode}'
+        except subprocess.TimeoutExpired: failure = f'processing took more than {timeout:.0f} s per notebook'
+        done = {Path(j['src']): j['error'] for j in map(json.loads, Path(log).read_text().splitlines())}
+    finally: os.unlink(log)
+    out = {}
+    for s, d in pairs:
+        if s in done: out[s] = done[s] if done[s] or d.exists() else f'{s.name}: no output written'
+        elif len(pairs) > 1: out.update(proc_nbs([(s, d)], root, timeout))   # the shared process died: alone
+        else: out[s] = failure
+    return out
+
+def proc_nb(src, dst, root=None, timeout: float = 600) -> str | None:
+    """Run nbdev's docs processors on one notebook `src`, writing `dst` (`proc_nbs` of one pair). Returns an error text
+    or None."""
+    return proc_nbs([(src, dst)], root, timeout)[Path(src).resolve()]
 
 # %% ../nbs/74_docs.ipynb #bb1dcf0c
 _re_dir = re.compile(r'^\s*#\|\s*([\w-]+):?\s*(.*?)\s*$')

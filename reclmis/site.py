@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
-from .docs import _CSS, _slug, nav_html, nb_to_html, notebook_title, page_name, proc_nb
+from .docs import _CSS, _slug, nav_html, nb_to_html, notebook_title, page_name, proc_nb, proc_nbs
 
 # %% auto #0
 __all__ = ['DEFAULT_EXTRA', 'build_site', 'screenshot', 'main']
@@ -79,15 +79,26 @@ def _site_pages(nbs: Path, extras: list) -> list:
     return pages
 
 # %% ../nbs/75_site.ipynb #s2render
-def _render_page(pg, out: Path, root: Path, tmpd: Path, nav, proc: bool = True):
+def _proc_pages(pages, root: Path, tmpd: Path, workers: int = 2) -> dict:
+    """nbdev-process the notebook pages (section, label, href, source) into `tmpd`, in `workers` subprocesses, each
+    taking every `workers`-th notebook. Returns {source (resolved): error text or None}."""
+    nbp = [(src, tmpd/href.replace('.html', '.ipynb')) for _, _, href, src in pages
+           if src is not None and src.suffix == '.ipynb']
+    errors, w = {}, max(1, workers)
+    with ThreadPoolExecutor(w) as ex:
+        for part in ex.map(lambda chunk: proc_nbs(chunk, root), [nbp[i::w] for i in range(w)]): errors.update(part)
+    return errors
+
+def _render_page(pg, out: Path, root: Path, tmpd: Path, nav, proc: bool = True, errors: dict | None = None):
     """Render page `pg` (section, label, href, source) into `out` with sidebar `nav(href)`, processed by nbdev into
-    `tmpd` when `proc`. Returns (href, seconds, warning or None)."""
+    `tmpd` when `proc` (`errors`: what `_proc_pages` returned; a notebook not in it is processed here). Returns (href,
+    seconds, warning or None)."""
     s, label, href, src = pg
     t0, warning, nb = time.time(), None, None
     if src is None: return href, 0.0, None
     if proc and src.suffix == '.ipynb':
         dst = tmpd/href.replace('.html', '.ipynb')
-        err = proc_nb(src, dst, root)
+        err = errors[src.resolve()] if errors and src.resolve() in errors else proc_nb(src, dst, root)
         if err is None: nb = nbformat.read(dst, as_version=4)
         else: warning = (f'nbdev could not process {src.name}; shown unprocessed (no rendered API docs). '
                          f'Error:\n{err}')
@@ -158,8 +169,9 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
     tmpd = Path(tempfile.mkdtemp(prefix='reclmis_proc_'))
 
     def nav(href): return nav_html(title, nav_items, href)
+    errors = _proc_pages(pages, root, tmpd, workers) if proc else None
     with ThreadPoolExecutor(max(1, workers)) as ex:
-        results = list(ex.map(lambda pg: _render_page(pg, out, root, tmpd, nav, proc), pages))
+        results = list(ex.map(lambda pg: _render_page(pg, out, root, tmpd, nav, proc, errors), pages))
     results += _run_pages(root, out, nav_html(title, [(s, l, '../' + h) for s, l, h in nav_items]), workers)
     shutil.rmtree(tmpd, ignore_errors=True)
     if (nbs/'index.ipynb').exists() is False:
