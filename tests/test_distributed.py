@@ -23,8 +23,8 @@ def _torchrun(ws, params, nproc=2, wait=True):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', '-m', 'reclmis',
            '--params', params, 'train', 'synth', 'unet']
     if not wait:     # the caller polls while it runs: output to a file (a pipe nobody reads fills and blocks the run)
-        return subprocess.Popen(cmd, cwd=ws, env=_env(ws), stdout=open(ws / 'torchrun.log', 'w'),
-                                stderr=subprocess.STDOUT, text=True)
+        with open(ws / 'torchrun.log', 'w') as log:
+            return subprocess.Popen(cmd, cwd=ws, env=_env(ws), stdout=log, stderr=subprocess.STDOUT, text=True)
     p = subprocess.Popen(cmd, cwd=ws, env=_env(ws), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out[-3000:]

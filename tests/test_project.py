@@ -64,15 +64,17 @@ def test_stage_deps_cover_the_code_they_run(root):
         miss = {k: v for k, v in check_stage_deps(f, root).items() if v}
         assert not miss, f"{f}: stages miss the code they run as deps (add them): {miss}"
 
+def _locked_stages(root, locks=('dvc.lock', 'studies/dvc.lock')):
+    "(lock, stage name, stage entry) for every stage recorded in the committed locks."
+    for lock in locks:
+        f = root / lock
+        if not f.exists(): continue
+        for name, st in (yaml.safe_load(f.read_text()) or {}).get('stages', {}).items(): yield lock, name, st
+
 def test_committed_results_are_stage_outputs(root):
     "Every file under results/ in git is (inside) an output recorded in a committed dvc.lock; metrics.json exactly."
     tracked = run('git ls-files results', root).stdout.split()
-    outs = set()
-    for lock in ('dvc.lock', 'studies/dvc.lock'):
-        f = root / lock
-        if not f.exists(): continue
-        for st in (yaml.safe_load(f.read_text()) or {}).get('stages', {}).values():
-            outs |= {o['path'] for o in st.get('outs', [])}
+    outs = {o['path'] for _, _, st in _locked_stages(root) for o in st.get('outs', [])}
     metrics = [t for t in tracked if t.endswith('metrics.json')]
     assert metrics, 'no committed metrics at all'
     assert not [t for t in metrics if t not in outs], [t for t in metrics if t not in outs]
@@ -88,12 +90,11 @@ def test_committed_locks_match_the_committed_files(root):
     import hashlib
     tracked = set(run('git ls-files', root).stdout.split())
     bad = []
-    for lock, kinds in (('dvc.lock', ('deps', 'outs')), ('studies/dvc.lock', ('outs',))):
-        for name, st in (yaml.safe_load((root / lock).read_text()) or {}).get('stages', {}).items():
-            for e in [e for k in kinds for e in st.get(k, [])]:
-                if e['path'] not in tracked or str(e.get('md5', '')).endswith('.dir'): continue
-                md5 = hashlib.md5((root / e['path']).read_bytes()).hexdigest()
-                if md5 != e['md5']: bad.append(f"{lock} {name}: {e['path']}")
+    for lock, name, st in _locked_stages(root):
+        for e in st.get('outs', []) + (st.get('deps', []) if lock == 'dvc.lock' else []):
+            if e['path'] not in tracked or str(e.get('md5', '')).endswith('.dir'): continue
+            if hashlib.md5((root / e['path']).read_bytes()).hexdigest() != e['md5']:
+                bad.append(f"{lock} {name}: {e['path']}")
     assert not bad, 'stale lock entries (re-run those stages):\n' + '\n'.join(bad[:30]) + f'\n({len(bad)} in all)'
 
 def test_no_reference_outside_the_repository(root):

@@ -24,9 +24,9 @@ def test_two_trainings_of_one_run(ws, monkeypatch):
     a slow one. Its output goes to a file: unread, a pipe fills and blocks the writer (the CI's 600 s timeout)."""
     env = {**os.environ, 'RECLMIS_ROOT': str(ws), 'DVC_NO_ANALYTICS': '1'}
     a_yaml = _params(ws, 'A.yaml', epochs=100000, patience=100000, lr=0.0015, max_minutes=1.0)
-    a_log = open(ws / 'A.log', 'w+')       # a file, not a pipe: nobody reads a pipe until the end, and a full pipe
-    a = subprocess.Popen(['reclmis', '--params', a_yaml, 'train', 'synth', 'unet'], cwd=ws,    # blocks the writer
-                         env=env, stdout=a_log, stderr=subprocess.STDOUT, text=True)
+    with open(ws / 'A.log', 'w') as log:   # a file, not a pipe: nobody reads a pipe until the end, and a full pipe
+        a = subprocess.Popen(['reclmis', '--params', a_yaml, 'train', 'synth', 'unet'], cwd=ws,   # blocks the writer
+                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     lock = ws / 'build/.locks/default-synth-unet-s3407.lock'
     t0 = time.time()
     while not (lock.exists() and f'"pid": {a.pid}' in lock.read_text()):
@@ -38,7 +38,6 @@ def test_two_trainings_of_one_run(ws, monkeypatch):
     assert a.poll() is None, 'the first training ended before the second started: the test proves nothing'
     assert b.returncode == 2 and 'busy' in b.stderr and str(a.pid) in b.stderr, b.stderr
     assert a.wait(timeout=900) == 0, (ws / 'A.log').read_text()[-3000:]
-    a_log.close()
     tj = json.loads((ws / RES / 'train.json').read_text())
     assert not tj['finished'] and tj['epochs_run'] >= 1, tj['epochs_run']      # stopped by the time limit
     fp = tj['fingerprint']
