@@ -4,7 +4,7 @@
 
 # %% ../nbs/74_docs.ipynb #6fc2c5b2
 from __future__ import annotations
-import html, json, os, re, subprocess, sys, tempfile
+import html, json, os, re, subprocess, sys, tempfile, threading
 from pathlib import Path
 
 import nbformat
@@ -224,7 +224,15 @@ def offline_html(h: str) -> str:
     "Remove `<script>`/`<link>` tags that load from the network (CDN require.js, MathJax, mermaid)."
     return _re_cdn_link.sub('', _re_cdn_inline.sub('', _re_cdn_script.sub('', h)))
 
+_EXPORTERS = threading.local()
+
 def _exporter():
+    """nbconvert's HTML exporter, one per thread and reused: building one compiles its Jinja templates, 0.1 s, which
+    was most of the time of a run's page (190 of them in the site)."""
+    if not hasattr(_EXPORTERS, 'html'): _EXPORTERS.html = _new_exporter()
+    return _EXPORTERS.html
+
+def _new_exporter():
     from nbconvert import HTMLExporter
     from traitlets.config import Config
     c = Config()

@@ -27,8 +27,8 @@ def knob(shipped, doc: str, *, official=MISSING, rule: str | None = None, why: s
 @dataclass
 class RunParams:
     "What the default pipeline runs, and where."
-    datasets: list[str] = knob(['synth'],
-                               "datasets the pipeline runs (a dvc matrix axis); QaTa: -S 'run.datasets=[synth,qata]'")
+    datasets: list[str] = knob(['demo'],
+                               "datasets the pipeline runs (a dvc matrix axis); QaTa: -S 'run.datasets=[demo,qata]'")
     models: list[str] = knob(['unet', 'reclmis'], 'models or variants trained and evaluated on every dataset')
     seeds: list[int] = knob([3407], "training seeds, one run each; e.g. -S 'run.seeds=[3407,1,7]'", rule='>= 0')
     study_datasets: list[str] = knob(['synth', 'qata', 'monuseg'],

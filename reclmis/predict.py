@@ -104,10 +104,13 @@ def save_prediction(out: dict, out_dir, stem: str = 'prediction') -> dict:
 def predict(image, note: str | None = None, ckpt=None, model: str | None = None, dataset: str | None = None,
             out_dir='predictions', device: str = 'cpu', seed: int | None = None) -> dict:
     """Segment `image` from `note` with `ckpt` (default: the pipeline's `build/<dataset>/<model>/s<seed>/ckpt/best.pt`,
-    with reclmis, synth and 3407 for what is not given); write mask + overlay. A `model`, `dataset` or `seed` given
+    with reclmis, the first of `run.datasets` in params.yaml and 3407 for what is not given); write mask + overlay. A `model`, `dataset` or `seed` given
     with `ckpt` must agree with the checkpoint (an error otherwise: it would be silently ignored)."""
     if ckpt is None:
-        ckpt = paths(project_root(), dataset or 'synth', model or 'reclmis', 3407 if seed is None else seed)['ckpt']
+        if dataset is None:
+            from reclmis.config import load_params
+            dataset = load_params().run.datasets[0]
+        ckpt = paths(project_root(), dataset, model or 'reclmis', 3407 if seed is None else seed)['ckpt']
         ckpt = ckpt / 'best.pt'
     ckpt = Path(ckpt)
     if not ckpt.exists(): raise FileNotFoundError(f"checkpoint {ckpt} not found: run `dvc repro` first, or pass --ckpt")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import configparser, html, json, shutil, subprocess, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import nbformat
@@ -89,6 +90,17 @@ def _proc_pages(pages, root: Path, tmpd: Path, workers: int = 2) -> dict:
         for part in ex.map(lambda chunk: proc_nbs(chunk, root), [nbp[i::w] for i in range(w)]): errors.update(part)
     return errors
 
+def _pmap(fn, items: list, workers: int = 2) -> list:
+    """`[fn(x) for x in items]`, in order, in `workers` spawned processes: rendering a page is pure Python, so threads
+    would share one core under the GIL. `fn` must be picklable (a library function or a `partial` of one); one defined
+    in `__main__` (a notebook executing this module's cells) runs serially here."""
+    main = getattr(getattr(fn, 'func', fn), '__module__', None) == '__main__'
+    if workers <= 1 or len(items) < 2 or main: return [fn(x) for x in items]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context('spawn')) as ex:
+        return list(ex.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
+
 def _render_page(pg, out: Path, root: Path, tmpd: Path, nav, proc: bool = True, errors: dict | None = None):
     """Render page `pg` (section, label, href, source) into `out` with sidebar `nav(href)`, processed by nbdev into
     `tmpd` when `proc` (`errors`: what `_proc_pages` returned; a notebook not in it is processed here). Returns (href,
@@ -111,17 +123,19 @@ def _render_page(pg, out: Path, root: Path, tmpd: Path, nav, proc: bool = True, 
 # %% ../nbs/75_site.ipynb #s2runs
 def _run_pages(root: Path, out: Path, nav: str, workers: int = 2) -> list:
     "Each run's executed stage notebooks (results/**/s<seed>/{train,evaluate}.ipynb) as pages under `out`/runs/."
-    from reclmis.report import run_page
     nbs = sorted(f for f in (root / 'results').glob('**/s[0-9]*/*.ipynb') if f.stem in ('train', 'evaluate'))
-    def one(f):
-        href, t0 = run_page(f.parent, f.stem), time.time()
-        try: nb_to_html(f, out / href, nav, img_dir=f.parent)
-        except (OSError, ValueError, KeyError) as e:
-            w = f'{f} could not be converted: {type(e).__name__}: {e}'
-            _fallback_page(out / href, f.name, nav, w)
-            return href, time.time() - t0, w
-        return href, time.time() - t0, None
-    with ThreadPoolExecutor(max(1, workers)) as ex: return list(ex.map(one, nbs))
+    return _pmap(partial(_run_page, out=out, nav=nav), nbs, workers)
+
+def _run_page(f: Path, out: Path, nav: str):
+    "Render one executed stage notebook `f` under `out`/runs/ (a fallback page naming the error if it cannot be)."
+    from reclmis.report import run_page
+    href, t0 = run_page(f.parent, f.stem), time.time()
+    try: nb_to_html(f, out / href, nav, img_dir=f.parent)
+    except (OSError, ValueError, KeyError) as e:
+        w = f'{f} could not be converted: {type(e).__name__}: {e}'
+        _fallback_page(out / href, f.name, nav, w)
+        return href, time.time() - t0, w
+    return href, time.time() - t0, None
 
 # %% ../nbs/75_site.ipynb #s2fallback
 def _fallback_page(p: Path, label: str, nav: str, warning: str):
@@ -168,10 +182,10 @@ def build_site(root=None, out='_docs', extra: dict | None = None, proc: bool = T
     nav_items = [(s, l, h) for s, l, h, _ in pages]
     tmpd = Path(tempfile.mkdtemp(prefix='reclmis_proc_'))
 
-    def nav(href): return nav_html(title, nav_items, href)
+    nav = partial(nav_html, title, nav_items)                     # href -> the sidebar with href marked
     errors = _proc_pages(pages, root, tmpd, workers) if proc else None
-    with ThreadPoolExecutor(max(1, workers)) as ex:
-        results = list(ex.map(lambda pg: _render_page(pg, out, root, tmpd, nav, proc, errors), pages))
+    results = _pmap(partial(_render_page, out=out, root=root, tmpd=tmpd, nav=nav, proc=proc, errors=errors), pages,
+                    workers)
     results += _run_pages(root, out, nav_html(title, [(s, l, '../' + h) for s, l, h in nav_items]), workers)
     shutil.rmtree(tmpd, ignore_errors=True)
     if (nbs/'index.ipynb').exists() is False:

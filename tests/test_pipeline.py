@@ -9,7 +9,7 @@ TINY = {'synth': {'n_train': 48, 'n_val': 16, 'n_test': 16},
         'datasets': {'synth': {'img_size': 32}}, 'train': {'epochs': 2, 'batch_size': 16},
         'model': {'unet': {'width': 4}, 'reclmis': {'width': 4, 'rec_layers': 1}, 'lvit': {'width': 8},
                   'tmca': {'width': 4, 'align_dim': 8}},
-        'run': {'models': ['unet', 'reclmis', 'lvit', 'tmca'], 'study_datasets': ['synth']},
+        'run': {'datasets': ['synth'], 'models': ['unet', 'reclmis', 'lvit', 'tmca'], 'study_datasets': ['synth']},
         'evaluate': {'n_boot': 50, 'n_overlays': 4, 'n_panel': 2},
         'studies': {'compare': {'datasets': ['synth'], 'models': ['unet', 'reclmis', 'lvit'], 'seeds': [3407],
                                 'threads': 1},       # one thread: not run.threads, so the study's count is seen

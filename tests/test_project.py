@@ -40,7 +40,7 @@ def test_params_yaml_names_every_knob(root):
     y = yaml.safe_load((root / 'params.yaml').read_text())
     assert _keys(Params) == _yaml_keys(y)
     p = load_params(root / 'params.yaml')
-    assert p.run.datasets == ['synth'] and 'qata' in p.datasets
+    assert p.run.datasets == ['demo'] and 'qata' in p.datasets and p.datasets['demo'].kind == 'synth'
     assert p.fetch.source == 'upstream', 'a user has no offline mirror: the default is the public download'
     assert {'compare', 'uptake', 'augment'} <= set(p.studies) and 'reclmis-official-ci' in p.variants
 
