@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--note', default=None, help='the clinical note (text models need one)')
     s.add_argument('--model', default=None, help="the run's model or variant (default reclmis; with --ckpt: must "
                    "agree with the checkpoint)")
-    s.add_argument('--dataset', default=None, help="the run's dataset (default: the first of run.datasets; with --ckpt: must agree)")
+    s.add_argument('--dataset', default=None, help="the run's dataset (default: the first of "
+                   "run.datasets; with --ckpt: must agree)")
     s.add_argument('--seed', type=int, default=None, help='the run\'s training seed (default: the first of run.seeds)')
     s.add_argument('--ckpt', default=None, help='default: build/<dataset>/<model>/s<seed>/ckpt/best.pt')
     s.add_argument('--out', default='predictions')
@@ -104,12 +105,7 @@ def _main(argv=None):
         return 0
     if a.cmd == 'predict':
         from reclmis.predict import predict
-        from reclmis.layout import run_seed
-        if a.ckpt is None:                         # the default pipeline's run: its first dataset and seed
-            q = load_params(a.params)
-            a.seed = run_seed(q) if a.seed is None else a.seed
-            a.dataset = a.dataset or q.run.datasets[0]
-        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=a.seed)
+        r = predict(a.image, a.note, a.ckpt, a.model, a.dataset, a.out, a.device, seed=a.seed, params=a.params)
         print(f"mask: {r['mask']}\noverlay: {r['overlay']}\nforeground pixels: {r['foreground_pixels']}")
         return 0
     if a.cmd == 'docs':

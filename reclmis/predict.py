@@ -102,15 +102,16 @@ def save_prediction(out: dict, out_dir, stem: str = 'prediction') -> dict:
     return {'mask': mp, 'overlay': op}
 
 def predict(image, note: str | None = None, ckpt=None, model: str | None = None, dataset: str | None = None,
-            out_dir='predictions', device: str = 'cpu', seed: int | None = None) -> dict:
+            out_dir='predictions', device: str = 'cpu', seed: int | None = None, params=None) -> dict:
     """Segment `image` from `note` with `ckpt` (default: the pipeline's `build/<dataset>/<model>/s<seed>/ckpt/best.pt`,
-    with reclmis, the first of `run.datasets` in params.yaml and 3407 for what is not given); write mask + overlay. A `model`, `dataset` or `seed` given
-    with `ckpt` must agree with the checkpoint (an error otherwise: it would be silently ignored)."""
-    if ckpt is None:
-        if dataset is None:
-            from reclmis.config import load_params
-            dataset = load_params().run.datasets[0]
-        ckpt = paths(project_root(), dataset, model or 'reclmis', 3407 if seed is None else seed)['ckpt']
+    with reclmis and the first of `run.datasets` and `run.seeds` in `params` (a params.yaml path; None: the project's)
+    for what is not given); write mask + overlay. A `model`, `dataset` or `seed` given with `ckpt` must agree with the
+    checkpoint (an error otherwise: it would be silently ignored)."""
+    if ckpt is None:                                   # the default pipeline's run
+        from reclmis.config import load_params
+        from reclmis.layout import run_seed
+        q = load_params(params)
+        ckpt = paths(project_root(), dataset or q.run.datasets[0], model or 'reclmis', run_seed(q, seed))['ckpt']
         ckpt = ckpt / 'best.pt'
     ckpt = Path(ckpt)
     if not ckpt.exists(): raise FileNotFoundError(f"checkpoint {ckpt} not found: run `dvc repro` first, or pass --ckpt")
